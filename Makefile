@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint types cfn-lint demo bench clean
+.PHONY: install test check lint types demo bench slow clean
 
 install: $(STAMP)
 
@@ -36,3 +36,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

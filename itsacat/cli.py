@@ -1,0 +1,48 @@
+"""The `itsacat` command: one subcommand per module in `itsacat.commands`.
+
+Each command module exposes `register(subparsers)`, which adds its subparser and sets
+`func` to a callable taking the parsed arguments and returning an exit code.
+"""
+
+import argparse
+import importlib
+import sys
+
+from itsacat.errors import UserError
+
+# Order here is the order in `itsacat --help`.
+COMMAND_MODULES = (
+    "itsacat.commands.reference",
+    "itsacat.commands.dataset",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="itsacat",
+        description=(
+            "Serverless neural-network training on AWS Lambda (or the embedded local stack), "
+            "and the cat/non-cat prediction API."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"itsacat: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("itsacat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `itsacat`, one module each."""

@@ -1,0 +1,101 @@
+"""parameters.json: the original format loads unchanged; every bad input names its problem."""
+
+import json
+
+import pytest
+
+from trainer_lambdas.nn import params
+from trainer_lambdas.nn.params import ParameterError
+
+ORIGINAL = """{
+    "epochs": 3000,
+    "layers": 4,
+    "activations": {"layer1": "relu", "layer2": "relu", "layer3": "relu", "layer4": "sigmoid"},
+    "neurons": {"layer1": 20, "layer2": 7, "layer3": 5, "layer4": 1},
+    "weight": 0.01,
+    "learning_rate": 0.0075
+}"""
+
+
+def base(**over: object) -> dict:
+    d: dict = {
+        "epochs": 10,
+        "layers": 2,
+        "activations": {"layer1": "relu", "layer2": "sigmoid"},
+        "neurons": {"layer1": 3, "layer2": 1},
+        "learning_rate": 0.01,
+        "batch_size": None,
+        "threshold": 0,
+    }
+    d.update(over)
+    return {k: v for k, v in d.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def test_original_project_file_loads_unchanged() -> None:
+    p = params.loads(ORIGINAL)
+    assert p.epochs == 3000 and p.layers == 4
+    assert p.activations == ("relu", "relu", "relu", "sigmoid")
+    assert p.neurons == (20, 7, 5, 1)
+    assert p.learning_rate == 0.0075 and p.batch_size is None and p.threshold == 0
+    assert p.seed == 1 and p.init == "scaled"
+    assert any("'weight'" in w for w in p.warnings)
+
+
+def test_round_trip_and_defaults() -> None:
+    p = params.parse(base(seed=7, init="he", batch_size=32, fanout=4))
+    assert params.parse(p.to_json()) == p
+    d = params.default()
+    assert d.neurons == (20, 7, 5, 1) and d.epochs == 2500
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"layers": 3}, "'activations' must have exactly layer1..layer3"),
+        ({"neurons": {"layer1": 3}}, "'neurons' must have exactly layer1..layer2 for 2 layers"),
+        ({"activations": {"layer1": "softmax", "layer2": "sigmoid"}}, "activations.layer1"),
+        ({"activations": {"layer1": "relu", "layer2": "relu"}}, "must use 'sigmoid'"),
+        ({"neurons": {"layer1": 0, "layer2": 1}}, "neurons.layer1 must be an integer from 1"),
+        ({"neurons": {"layer1": 3.5, "layer2": 1}}, "neurons.layer1 must be an integer"),
+        ({"neurons": {"layer1": 3, "layer2": 2}}, "must have 1 neuron"),
+        ({"learning_rate": -0.1}, "'learning_rate' must be a positive number"),
+        ({"learning_rate": 0}, "'learning_rate' must be a positive number"),
+        ({"learning_rate": "0.1"}, "'learning_rate' must be a positive number"),
+        ({"epochs": 0}, "'epochs' must be from 1"),
+        ({"epochs": "10"}, "'epochs' must be an integer"),
+        ({"epochs": True}, "'epochs' must be an integer"),
+        ({"epochs": DROP}, "'epochs' is required"),
+        ({"layers": 0}, "'layers' must be from 1"),
+        ({"batch_size": -1}, "'batch_size' must be null, 0"),
+        ({"batch_size": 2.5}, "'batch_size' must be null, 0"),
+        ({"threshold": -1}, "'threshold' must be a number >= 0"),
+        ({"init": "xavier"}, "'init' must be one of scaled, he"),
+        ({"seed": -3}, "'seed' must be from 0"),
+        ({"learning_rte": 0.1}, "unknown key(s) 'learning_rte'"),
+        ({"activations": ["relu", "sigmoid"]}, "'activations' must be an object"),
+    ],
+)
+def test_bad_parameters_name_the_problem(over: dict, message: str) -> None:
+    with pytest.raises(ParameterError) as e:
+        params.parse(base(**over))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object"), ("", "not valid")],
+)
+def test_bad_json(text: str, message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        params.loads(text)
+
+
+def test_batch_size_zero_means_full_batch() -> None:
+    p = params.parse(base(batch_size=0))
+    assert p.batch_size is None and p.full_batch(10)
+    assert params.parse(base(batch_size=5)).full_batch(5)
+    assert not params.parse(base(batch_size=5)).full_batch(6)
+    assert json.loads(json.dumps(p.to_json()))["batch_size"] is None

@@ -1,0 +1,1 @@
+"""Lambda handlers and the numeric core."""

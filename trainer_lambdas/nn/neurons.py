@@ -1,0 +1,54 @@
+"""Forward and backward for a block of neurons of one layer (one neuron is a block of one).
+
+A block owns rows `lo:hi` of the layer's weight matrix. Everything a block computes depends
+only on its own rows and on the previous layer's activations, so blocks can run anywhere, in
+any order, any number of times. The vectorised layer is the same call with the whole matrix.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer_lambdas.nn.activations import activate, derivative
+
+
+@dataclass(frozen=True)
+class Forward:
+    z: np.ndarray  # (k, m) pre-activations
+    a: np.ndarray  # (k, m) activations
+
+
+@dataclass(frozen=True)
+class Backward:
+    dw: np.ndarray  # (k, n_prev) weight gradient
+    db: np.ndarray  # (k, 1) bias gradient
+    da_prev: np.ndarray  # (n_prev, m) this block's share of dL/dA_prev (shares add up)
+
+
+def forward(w: np.ndarray, b: np.ndarray, a_prev: np.ndarray, activation: str) -> Forward:
+    """Z = W A_prev + b, A = g(Z) for the rows of W this block owns."""
+    z = w @ a_prev + b
+    return Forward(z=z, a=activate(activation, z))
+
+
+def backward(
+    w: np.ndarray,
+    z: np.ndarray,
+    a: np.ndarray,
+    a_prev: np.ndarray,
+    da: np.ndarray,
+    activation: str,
+    m: int,
+) -> Backward:
+    """Gradients of the mean loss over `m` examples, given dL_sum/dA for this block's rows."""
+    dz = da * derivative(activation, z, a)
+    return Backward(
+        dw=(dz @ a_prev.T) / m,
+        db=dz.sum(axis=1, keepdims=True) / m,
+        da_prev=w.T @ dz,
+    )
+
+
+def update(w: np.ndarray, b: np.ndarray, grads: Backward, learning_rate: float) -> tuple:
+    """One plain gradient-descent step on a block's rows."""
+    return w - learning_rate * grads.dw, b - learning_rate * grads.db

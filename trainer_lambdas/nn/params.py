@@ -1,0 +1,206 @@
+"""`parameters.json`: the original project's format, our optional extensions, and validation.
+
+The original format (accepted unchanged):
+    {"epochs": 2500, "layers": 4,
+     "activations": {"layer1": "relu", ..., "layer4": "sigmoid"},
+     "neurons": {"layer1": 20, ..., "layer4": 1},
+     "learning_rate": 0.0075, "batch_size": null, "threshold": 0}
+The original also carried "weight" and "bias" (its initialisation scale); they are accepted
+and ignored with a warning, since `init` decides initialisation here.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer_lambdas.nn.activations import ACTIVATIONS
+
+MAX_EPOCHS = 1_000_000
+MAX_LAYERS = 32
+MAX_NEURONS = 4096
+INITS = ("scaled", "he")
+LEGACY_KEYS = ("weight", "bias")
+KNOWN_KEYS = (
+    "epochs",
+    "layers",
+    "activations",
+    "neurons",
+    "learning_rate",
+    "batch_size",
+    "threshold",
+    "seed",
+    "init",
+    "fanout",
+    "commit_every",
+    *LEGACY_KEYS,
+)
+
+
+class ParameterError(ValueError):
+    """A parameters file that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Parameters:
+    epochs: int
+    activations: tuple[str, ...]
+    neurons: tuple[int, ...]
+    learning_rate: float
+    batch_size: int | None = None
+    threshold: float = 0.0
+    seed: int = 1
+    init: str = "scaled"
+    fanout: int = 1
+    commit_every: int = 1
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def layers(self) -> int:
+        return len(self.neurons)
+
+    def to_json(self) -> dict[str, Any]:
+        """The original format plus our keys: `parse(p.to_json()) == p`."""
+        d = asdict(self)
+        d.pop("warnings")
+        d["layers"] = self.layers
+        d["activations"] = {f"layer{i + 1}": g for i, g in enumerate(self.activations)}
+        d["neurons"] = {f"layer{i + 1}": n for i, n in enumerate(self.neurons)}
+        return d
+
+    def full_batch(self, m: int) -> bool:
+        return self.batch_size is None or self.batch_size == 0 or self.batch_size >= m
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(d: dict, key: str, default: int | None, lo: int, hi: int) -> int:
+    v = d.get(key, default)
+    if v is None:
+        raise ParameterError(f"parameters: '{key}' is required (an integer from {lo} to {hi})")
+    if not _is_int(v):
+        raise ParameterError(f"parameters: '{key}' must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ParameterError(f"parameters: '{key}' must be from {lo} to {hi}, got {v}")
+    return int(v)
+
+
+def _per_layer(d: dict, key: str, layers: int) -> list:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise ParameterError(
+            f"parameters: '{key}' must be an object like {{\"layer1\": ...}}, got {v!r}"
+        )
+    expected = {f"layer{i + 1}" for i in range(layers)}
+    if set(v) != expected:
+        missing = sorted(expected - set(v))
+        extra = sorted(set(v) - expected)
+        raise ParameterError(
+            f"parameters: '{key}' must have exactly layer1..layer{layers} for {layers} layers"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unexpected {', '.join(extra)}" if extra else "")
+        )
+    return [v[f"layer{i + 1}"] for i in range(layers)]
+
+
+def parse(d: Any) -> Parameters:
+    """Validate a decoded `parameters.json`; raise `ParameterError` naming the problem."""
+    if not isinstance(d, dict):
+        raise ParameterError(f"parameters: expected a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(KNOWN_KEYS))
+    if unknown:
+        raise ParameterError(
+            f"parameters: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys are {', '.join(KNOWN_KEYS)}"
+        )
+    warnings = tuple(
+        f"parameters: '{k}' (the original project's initial scale) is ignored; see 'init'"
+        for k in LEGACY_KEYS
+        if k in d
+    )
+    epochs = _int(d, "epochs", None, 1, MAX_EPOCHS)
+    layers = _int(d, "layers", None, 1, MAX_LAYERS)
+    acts = _per_layer(d, "activations", layers)
+    for i, g in enumerate(acts):
+        if g not in ACTIVATIONS:
+            raise ParameterError(
+                f"parameters: activations.layer{i + 1} is {g!r}; "
+                f"expected one of {', '.join(sorted(ACTIVATIONS))}"
+            )
+    sizes = _per_layer(d, "neurons", layers)
+    for i, n in enumerate(sizes):
+        if not _is_int(n) or not 1 <= n <= MAX_NEURONS:
+            raise ParameterError(
+                f"parameters: neurons.layer{i + 1} must be an integer from 1 to {MAX_NEURONS}, "
+                f"got {n!r}"
+            )
+    if sizes[-1] != 1:
+        raise ParameterError(
+            f"parameters: the output layer (layer{layers}) must have 1 neuron for a binary "
+            f"classifier, got {sizes[-1]}"
+        )
+    if acts[-1] != "sigmoid":
+        raise ParameterError(
+            f"parameters: the output layer (layer{layers}) must use 'sigmoid' (its output is "
+            f"the probability of class 1), got {acts[-1]!r}"
+        )
+    lr = d.get("learning_rate")
+    if not isinstance(lr, int | float) or not _is_number(lr) or lr <= 0:
+        raise ParameterError(f"parameters: 'learning_rate' must be a positive number, got {lr!r}")
+    batch = d.get("batch_size")
+    if batch is not None and (not _is_int(batch) or batch < 0):
+        raise ParameterError(
+            f"parameters: 'batch_size' must be null, 0 (full batch) or a positive integer, "
+            f"got {batch!r}"
+        )
+    threshold = d.get("threshold", 0)
+    if threshold is None:
+        threshold = 0
+    if not _is_number(threshold) or threshold < 0:
+        raise ParameterError(
+            f"parameters: 'threshold' must be a number >= 0 (0: never stop early), "
+            f"got {threshold!r}"
+        )
+    seed = _int(d, "seed", 1, 0, 2**32 - 1)
+    init = d.get("init", "scaled")
+    if init not in INITS:
+        raise ParameterError(f"parameters: 'init' must be one of {', '.join(INITS)}, got {init!r}")
+    fanout = _int(d, "fanout", 1, 1, MAX_NEURONS)
+    commit_every = _int(d, "commit_every", 1, 1, MAX_EPOCHS)
+    return Parameters(
+        epochs=epochs,
+        activations=tuple(acts),
+        neurons=tuple(sizes),
+        learning_rate=float(lr),
+        batch_size=batch or None,
+        threshold=float(threshold),
+        seed=seed,
+        init=init,
+        fanout=fanout,
+        commit_every=commit_every,
+        warnings=warnings,
+    )
+
+
+def loads(text: str | bytes) -> Parameters:
+    """Parse the text of a `parameters.json`."""
+    try:
+        d = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ParameterError(f"parameters: not valid JSON: {e}") from e
+    return parse(d)
+
+
+DEFAULT_PATH = Path(__file__).with_name("default_parameters.json")
+
+
+def default() -> Parameters:
+    """The shipped defaults (12288-20-7-5-1, relu/sigmoid, 2500 epochs, full batch)."""
+    return loads(DEFAULT_PATH.read_text())
