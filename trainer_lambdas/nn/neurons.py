@@ -39,13 +39,17 @@ def backward(
     da: np.ndarray,
     activation: str,
     m: int,
+    need_da_prev: bool = True,
 ) -> Backward:
-    """Gradients of the mean loss over `m` examples, given dL_sum/dA for this block's rows."""
+    """Gradients of the mean loss over `m` examples, given dL_sum/dA for this block's rows.
+
+    The first layer's share of dL/dA_prev is never used: `need_da_prev=False` skips it.
+    """
     dz = da * derivative(activation, z, a)
     return Backward(
         dw=(dz @ a_prev.T) / m,
         db=dz.sum(axis=1, keepdims=True) / m,
-        da_prev=w.T @ dz,
+        da_prev=w.T @ dz if need_da_prev else np.zeros((0, a_prev.shape[1])),
     )
 
 

@@ -1,0 +1,25 @@
+"""Lazily built, cached boto3 clients: adapters take an injected client or get one here.
+
+Endpoints come from the standard environment (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_LAMBDA`),
+so the same code talks to AWS or to the embedded stack without knowing which.
+"""
+
+import functools
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# Fan-out threads share one client per service; give them enough pooled connections.
+_CONFIG = Config(max_pool_connections=64, retries={"max_attempts": 3, "mode": "standard"})
+# Lambda invocations are retried by our own code (it counts them), not by botocore.
+_LAMBDA_CONFIG = Config(
+    max_pool_connections=64, retries={"max_attempts": 1}, read_timeout=900, tcp_keepalive=True
+)
+
+
+@functools.cache
+def client(service: str) -> Any:
+    return boto3.session.Session().client(
+        service, config=_LAMBDA_CONFIG if service == "lambda" else _CONFIG
+    )

@@ -1,0 +1,51 @@
+"""The few domain errors the adapters raise instead of botocore's `ClientError`."""
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+class StateError(Exception):
+    """A storage request failed; the message says which and why."""
+
+
+class Conflict(StateError):
+    """A conditional write lost: someone else already moved the state on."""
+
+
+class NotFound(StateError):
+    """The item or object does not exist."""
+
+
+class Throttled(StateError):
+    """The service asked us to slow down."""
+
+
+_CONFLICT = {"ConditionalCheckFailedException", "TransactionCanceledException"}
+_NOT_FOUND = {"ResourceNotFoundException", "NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_THROTTLED = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+}
+
+
+def code_of(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def translate(e: Exception, what: str) -> StateError:
+    """Map a botocore error to a domain error whose message names the failed operation."""
+    if isinstance(e, ClientError):
+        code = code_of(e)
+        msg = f"{what}: {code}: {e.response.get('Error', {}).get('Message', '')}"
+        if code in _CONFLICT:
+            return Conflict(msg)
+        if code in _NOT_FOUND:
+            return NotFound(msg)
+        if code in _THROTTLED:
+            return Throttled(msg)
+        return StateError(msg)
+    if isinstance(e, BotoCoreError):
+        return StateError(f"{what}: {e}")
+    return StateError(f"{what}: {e!r}")

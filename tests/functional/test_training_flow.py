@@ -1,0 +1,215 @@
+"""Launch -> trainer -> neurons -> model, over moto: equal to the reference, exactly once."""
+
+import json
+
+import numpy as np
+import pytest
+
+from state.runs import FAILED, SUCCEEDED
+from tests.functional.conftest import InProcessInvoker, World
+from trainer_lambdas import datasets
+from trainer_lambdas.coordinator import Coordinator
+from trainer_lambdas.launcher import Launcher
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn import reference
+from trainer_lambdas.payloads import TrainerEvent
+
+DATA = datasets.synthesize(m_train=40, m_test=12, side=8, seed=5)
+PARAMS = {
+    "epochs": 5,
+    "layers": 3,
+    "activations": {"layer1": "relu", "layer2": "tanh", "layer3": "sigmoid"},
+    "neurons": {"layer1": 4, "layer2": 3, "layer3": 1},
+    "learning_rate": 0.05,
+}
+FOREVER = lambda: 10**9  # noqa: E731 - remaining time of an invocation that never runs out
+
+
+def launch(world: World, params: dict | None, body: bytes | None = None) -> str:
+    if params is not None:
+        world.s3.put_object(
+            Bucket="itsacat-test", Key="training_input/parameters.json", Body=json.dumps(params)
+        )
+    obj = world.upload(datasets.to_bytes(DATA) if body is None else body)
+    out = Launcher(world.cfg, world.stores).launch(obj)
+    return str(out["run_id"])
+
+
+def drive(world: World, run_id: str, owner: str = "req-1", remaining=FOREVER) -> dict:
+    invoker = InProcessInvoker(world.stores.objects)
+    c = Coordinator(world.cfg, world.stores, invoker)  # type: ignore[arg-type]
+    return c.drive(TrainerEvent(run_id), owner, remaining)
+
+
+def expected(params: dict) -> reference.Result:
+    x, y = DATA.require_train().columns()
+    return reference.train(params_mod.parse(params), x, y)
+
+
+def assert_equal_to_reference(world: World, run_id: str, params: dict) -> None:
+    ref = expected(params)
+    costs = world.stores.costs.list(run_id)
+    assert len(costs) == len(ref.costs)
+    np.testing.assert_allclose(costs, ref.costs, rtol=1e-9, atol=0)
+    model = world.stores.models.load(run_id)
+    for (w, b), (rw, rb) in zip(model.weights, ref.weights, strict=True):
+        np.testing.assert_allclose(w, rw, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(b, rb, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{}, {"fanout": 2}, {"batch_size": 16}, {"batch_size": 16, "fanout": 3, "commit_every": 2}],
+    ids=["full-fanout1", "full-fanout2", "minibatch", "minibatch-fanout3-commit2"],
+)
+def test_distributed_run_equals_reference(world: World, over: dict) -> None:
+    params = {**PARAMS, **over}
+    run_id = launch(world, params)
+    assert world.functions.started == [
+        ("trainer", {"kind": "trainer", "run_id": run_id, "reason": "launch"})
+    ]
+    out = drive(world, run_id)
+    assert out["outcome"] == "succeeded"
+    run = world.stores.runs.get(run_id)
+    assert run.status == SUCCEEDED and run.epochs_done == 5
+    assert_equal_to_reference(world, run_id, params)
+    assert 0 <= run.test_accuracy <= 1 and run.model_uri.endswith(f"models/{run_id}/")
+    note = world.notifications()[-1]
+    assert note["status"] == SUCCEEDED and note["run_id"] == run_id
+
+
+def test_one_invocation_per_neuron_per_phase(world: World) -> None:
+    run_id = launch(world, {**PARAMS, "epochs": 2})
+    invoker = InProcessInvoker(world.stores.objects)
+    Coordinator(world.cfg, world.stores, invoker).drive(  # type: ignore[arg-type]
+        TrainerEvent(run_id), "req", FOREVER
+    )
+    # (4 + 3 + 1) neurons, forward and backward, 2 epochs
+    assert len(invoker.requests) == 2 * 2 * 8
+    assert world.stores.runs.get(run_id).invocations == 32
+
+
+def test_threshold_stops_early(world: World) -> None:
+    ref = expected({**PARAMS, "epochs": 30})
+    threshold = ref.costs[9]
+    params = {**PARAMS, "epochs": 30, "threshold": threshold}
+    run_id = launch(world, params)
+    drive(world, run_id)
+    first = next(i for i, c in enumerate(ref.costs) if c <= threshold)
+    assert len(world.stores.costs.list(run_id)) == first + 1
+    assert world.stores.runs.get(run_id).status == SUCCEEDED
+
+
+def test_duplicate_upload_event_makes_one_run(world: World) -> None:
+    params = {**PARAMS}
+    world.s3.put_object(
+        Bucket="itsacat-test", Key="training_input/parameters.json", Body=json.dumps(params)
+    )
+    obj = world.upload(datasets.to_bytes(DATA))
+    first = Launcher(world.cfg, world.stores).launch(obj)
+    second = Launcher(world.cfg, world.stores).launch(obj)
+    assert first["outcome"] == "started" and second["outcome"] == "duplicate"
+    assert first["run_id"] == second["run_id"]
+    assert len(world.functions.started) == 1
+    assert world.stores.runs.get(first["run_id"]).duplicates == 1
+    # a new upload of the same key is a new run
+    third = Launcher(world.cfg, world.stores).launch(world.upload(datasets.to_bytes(DATA)))
+    assert third["outcome"] == "started" and third["run_id"] != first["run_id"]
+
+
+def test_duplicate_trainer_does_not_repeat_a_step(world: World) -> None:
+    run_id = launch(world, PARAMS)
+    world.stores.runs.acquire(run_id, "first", 30)
+    out = drive(world, run_id, owner="second")
+    assert out["outcome"] == "not-ours"
+    run = world.stores.runs.get(run_id)
+    assert run.cursor == 0 and run.duplicates == 1
+    assert world.stores.costs.list(run_id) == []
+
+
+def test_late_trainer_cannot_commit_over_a_newer_cursor(world: World) -> None:
+    run_id = launch(world, PARAMS)
+    drive(world, run_id, owner="a")  # finished
+    again = drive(world, run_id, owner="late")
+    assert again["outcome"] == "not-ours"
+    assert len(world.stores.costs.list(run_id)) == 5
+
+
+def test_handover_before_the_time_limit_gives_the_same_numbers(world: World) -> None:
+    params = {**PARAMS, "epochs": 8}
+    run_id = launch(world, params)
+    calls = {"n": 0}
+
+    def remaining() -> int:  # plenty of time for 3 steps, then almost none
+        calls["n"] += 1
+        return 10**9 if calls["n"] <= 3 else 100
+
+    out = drive(world, run_id, owner="a", remaining=remaining)
+    assert out == {"run_id": run_id, "outcome": "handover", "cursor": 3}
+    assert world.functions.started[-1] == (
+        "trainer",
+        {"kind": "trainer", "run_id": run_id, "reason": "handover"},
+    )
+    run = world.stores.runs.get(run_id)
+    assert run.cursor == 3 and run.handovers == 1 and "lease_owner" not in run.item
+    assert drive(world, run_id, owner="b")["outcome"] == "succeeded"
+    assert_equal_to_reference(world, run_id, params)
+
+
+def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None:
+    params = {**PARAMS, "epochs": 6, "batch_size": 16, "commit_every": 4}
+    run_id = launch(world, params)
+    invoker = InProcessInvoker(world.stores.objects)
+    real = invoker.__call__
+    seen = {"n": 0}
+
+    def crashing(reqs):  # dies in the middle of the 7th step (commit_every 4)
+        seen["n"] += 1
+        if seen["n"] > 6 * 6 + 2:
+            raise RuntimeError("worker killed")
+        return real(reqs)
+
+    invoker.__call__ = crashing  # type: ignore[method-assign]
+    c = Coordinator(world.cfg, world.stores, lambda r: crashing(r))  # type: ignore[arg-type]
+    c.invoker.counters = invoker.counters  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="worker killed"):
+        c.drive(TrainerEvent(run_id), "a", FOREVER)
+    run = world.stores.runs.get(run_id)
+    assert run.cursor == 4 and "worker killed" in run.last_error
+    assert "lease_owner" not in run.item  # released for the retry
+    assert drive(world, run_id, owner="b")["outcome"] == "succeeded"
+    assert_equal_to_reference(world, run_id, params)
+
+
+@pytest.mark.parametrize(
+    "params, body, reason",
+    [
+        ({**PARAMS, "learning_rate": -1}, None, "'learning_rate' must be a positive number"),
+        ("not json", None, "not valid JSON"),
+        (PARAMS, b"this is not hdf5", "not a readable HDF5 file"),
+    ],
+    ids=["negative-learning-rate", "bad-json", "broken-dataset"],
+)
+def test_bad_input_fails_the_run_with_the_reason(
+    world: World, params: object, body: bytes | None, reason: str
+) -> None:
+    text = params if isinstance(params, str) else json.dumps(params)
+    world.s3.put_object(Bucket="itsacat-test", Key="training_input/parameters.json", Body=text)
+    obj = world.upload(datasets.to_bytes(DATA) if body is None else body)
+    out = Launcher(world.cfg, world.stores).launch(obj)
+    assert out["outcome"] == "failed" and reason in out["error"]
+    run = world.stores.runs.get(out["run_id"])
+    assert run.status == FAILED and reason in run.error
+    assert world.functions.started == []  # no trainer, nothing to retry
+    note = world.notifications()[-1]
+    assert note["status"] == FAILED and reason in note["error"]
+    assert world.stores.models.latest() is None  # no model written
+    listing = world.s3.list_objects_v2(Bucket="itsacat-test", Prefix=f"runs/{out['run_id']}/")
+    assert listing.get("KeyCount", 0) == 0
+
+
+def test_non_dataset_keys_are_ignored(world: World) -> None:
+    obj = world.upload(b"x", key="elsewhere/datasets.h5")
+    assert Launcher(world.cfg, world.stores).launch(obj)["outcome"] == "ignored"
+    obj = world.upload(b"x", key="training_input/notes.txt")
+    assert Launcher(world.cfg, world.stores).launch(obj)["outcome"] == "ignored"

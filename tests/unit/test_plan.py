@@ -1,0 +1,75 @@
+"""The fan-out plan (pure) and the scatter-gather step against the vectorised network."""
+
+import numpy as np
+import pytest
+
+from trainer_lambdas import fanout
+from trainer_lambdas.nn import network
+from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
+from trainer_lambdas.plan import Block, invocations_per_step, max_rows, plan
+
+
+def test_default_plan_is_one_neuron_per_invocation() -> None:
+    p = plan(12288, (20, 7, 5, 1), 1, 209)
+    assert [len(layer) for layer in p] == [20, 7, 5, 1]
+    assert p[0][3] == Block(1, 3, 4) and p[3] == [Block(4, 0, 1)]
+    assert invocations_per_step(p) == 66
+
+
+@pytest.mark.parametrize("fanout_k", [1, 2, 3, 7, 100])
+def test_blocks_cover_every_neuron_once_in_order(fanout_k: int) -> None:
+    for layer in plan(50, (20, 7, 5, 1), fanout_k, 30):
+        rows = [r for blk in layer for r in range(blk.lo, blk.hi)]
+        assert rows == list(range(layer[-1].hi))
+        assert all(0 < blk.size <= fanout_k for blk in layer)
+
+
+def test_one_invocation_per_layer_when_k_is_large() -> None:
+    assert [len(x) for x in plan(12288, (20, 7, 5, 1), 4096, 209)] == [1, 1, 1, 1]
+
+
+def test_blocks_are_capped_to_stay_under_the_payload_limit() -> None:
+    cap = max_rows(12288, 209)
+    assert 10 < cap < 320  # a 320-wide first layer cannot go in one invocation
+    p = plan(12288, (320, 1), 4096, 209)
+    assert max(b.size for b in p[0]) == cap and sum(b.size for b in p[0]) == 320
+    with pytest.raises(ValueError):
+        plan(10, (2, 1), 0, 5)
+
+
+def direct(reqs):  # the neuron function, in-process, without the data cache
+    return [fanout.compute(r, r.a_prev if r.a_prev is not None else X) for r in reqs]
+
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(6, 9))
+Y = rng.integers(0, 2, (1, 9)).astype(float)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_distributed_step_equals_the_network_step(k: int) -> None:
+    acts = ("relu", "tanh", "sigmoid")
+    weights = [
+        (rng.normal(size=(5, 6)), rng.normal(size=(5, 1))),
+        (rng.normal(size=(3, 5)), rng.normal(size=(3, 1))),
+        (rng.normal(size=(1, 3)), rng.normal(size=(1, 1))),
+    ]
+    inputs = fanout.StepInputs("r", "k", acts, 0.1, Y, None)
+    got = fanout.step(weights, plan(6, (5, 3, 1), k, 9), inputs, direct)
+    want = network.step(weights, acts, X, Y, 0.1)
+    assert got.cost == pytest.approx(want.cost, rel=1e-12)
+    for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
+        np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)
+
+
+def test_payloads_round_trip_exactly() -> None:
+    import json
+
+    a = rng.normal(size=(3, 4))
+    req = NeuronRequest("r", "k", "backward", 2, 0, 3, "relu", a, a[:, :1], None, [3, 1], a, a, a)
+    again = NeuronRequest.from_event(json.loads(req.to_json()))
+    assert np.array_equal(again.w, a) and again.indices == [3, 1] and again.a_prev is None
+    resp = NeuronResponse(dw=a, db=a[:, :1])
+    back = NeuronResponse.from_json(json.dumps(resp.to_dict()).encode())
+    assert back.dw is not None and np.array_equal(back.dw, a) and back.z is None

@@ -1,0 +1,52 @@
+"""The handlers' configuration, read once from the environment the template sets."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(RuntimeError):
+    """The function's environment lacks a setting the template should have provided."""
+
+
+@dataclass(frozen=True)
+class Config:
+    bucket: str
+    runs_table: str
+    weights_table: str
+    costs_table: str
+    idempotency_table: str
+    topic_arn: str
+    trainer_function: str
+    neuron_function: str
+    lease_seconds: float = 60.0  # a trainer that stops heartbeating loses its run after this
+    commit_seconds: float = 10.0  # commit (and heartbeat) at least this often
+    fanout_concurrency: int = 8  # neuron invocations in flight per trainer
+    max_dataset_bytes: int = 512 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        env = os.environ if env is None else env
+        names = {
+            "bucket": "ITSACAT_BUCKET",
+            "runs_table": "RUNS_TABLE",
+            "weights_table": "WEIGHTS_TABLE",
+            "costs_table": "COSTS_TABLE",
+            "idempotency_table": "IDEMPOTENCY_TABLE",
+            "topic_arn": "TOPIC_ARN",
+            "trainer_function": "TRAINER_FUNCTION",
+            "neuron_function": "NEURON_FUNCTION",
+        }
+        missing = [v for v in names.values() if not env.get(v)]
+        if missing:
+            raise ConfigError(f"missing environment variable(s): {', '.join(missing)}")
+        try:
+            return cls(
+                **{k: env[v] for k, v in names.items()},
+                lease_seconds=float(env.get("LEASE_SECONDS", cls.lease_seconds)),
+                commit_seconds=float(env.get("COMMIT_SECONDS", cls.commit_seconds)),
+                fanout_concurrency=int(env.get("FANOUT_CONCURRENCY", cls.fanout_concurrency)),
+                max_dataset_bytes=int(env.get("MAX_DATASET_BYTES", cls.max_dataset_bytes)),
+            )
+        except ValueError as e:
+            raise ConfigError(f"bad numeric setting: {e}") from e

@@ -1,0 +1,290 @@
+"""Drives one run: takes its lease, walks its steps, commits them, hands over, finishes.
+
+The run record's `cursor` counts the committed steps (a step is one batch of one epoch);
+the weights of the committed state are version `cursor` in the weights table. A commit
+writes the new version's rows, then moves the cursor with a conditional update that also
+requires our lease: a duplicated, late or superseded trainer cannot move it, and training
+is deterministic, so whoever recomputes a step computes the same numbers.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from state.costs import CostStore
+from state.errors import Conflict
+from state.functions import Functions
+from state.models import ModelStore
+from state.notifications import Notifier
+from state.objects import ObjectStore
+from state.runs import Run, RunStore
+from state.weights import WeightStore
+from trainer_lambdas import datacache, fanout
+from trainer_lambdas.config import Config
+from trainer_lambdas.invoker import LambdaInvoker
+from trainer_lambdas.nn import network, schedule
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn.network import Weights
+from trainer_lambdas.nn.preprocess import flatten_images
+from trainer_lambdas.payloads import TrainerEvent
+from trainer_lambdas.plan import plan
+
+log = logging.getLogger("itsacat.trainer")
+
+# Hand over when less than this is left, plus a few times the slowest step and commit.
+MIN_MARGIN_SECONDS = 1.5
+
+
+@dataclass
+class Stores:
+    runs: RunStore
+    weights: WeightStore
+    costs: CostStore
+    objects: ObjectStore
+    models: ModelStore
+    notifier: Notifier
+    functions: Functions
+
+
+@dataclass
+class _State:
+    """Where the trainer is, in memory, between commits."""
+
+    cursor: int
+    committed: int
+    weights: Weights
+    epochs_done: int
+    last_cost: float | None
+    partial_sum: float
+    partial_n: int
+    stop: bool = False
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, stores: Stores, invoker: LambdaInvoker) -> None:
+        self.cfg = cfg
+        self.s = stores
+        self.invoker = invoker
+
+    def drive(
+        self, event: TrainerEvent, owner: str, remaining_ms: Callable[[], int]
+    ) -> dict[str, Any]:
+        """Train the run as far as this invocation's time allows; say how it ended."""
+        run_id = event.run_id
+        try:
+            run = self.s.runs.acquire(run_id, owner, self.cfg.lease_seconds)
+        except Conflict:
+            # Another trainer holds the lease, or the run is not training: nothing to do.
+            self.s.runs.count(run_id, {"duplicates": 1})
+            log.info(
+                "lease held or run not training; this invocation stops", extra={"run_id": run_id}
+            )
+            return {"run_id": run_id, "outcome": "not-ours"}
+        log.info(
+            "trainer holds the lease",
+            extra={"run_id": run_id, "reason": event.reason, "cursor": run.cursor},
+        )
+        try:
+            return self._train(run, owner, remaining_ms)
+        except Exception as e:
+            self._release_after_error(run_id, owner, e)
+            raise
+
+    def _train(self, run: Run, owner: str, remaining_ms: Callable[[], int]) -> dict[str, Any]:
+        run_id = run.run_id
+        p = params_mod.parse(run.params)
+        data = datacache.load(self.s.objects, run.data_key)
+        m, n_x = data.y.shape[1], data.x.shape[0]
+        spe = schedule.batches_per_epoch(p, m)
+        total = p.epochs * spe
+        blocks = plan(n_x, p.neurons, p.fanout, m)
+        st = _State(
+            cursor=int(run.cursor),
+            committed=int(run.cursor),
+            weights=self.s.weights.read(run_id, int(run.weights_version), n_x, p.neurons),
+            epochs_done=int(run.get("epochs_done", 0)),
+            last_cost=run.get("last_cost"),
+            partial_sum=float.fromhex(run.get("partial_sum", "0x0p+0")),
+            partial_n=int(run.get("partial_n", 0)),
+        )
+        st.stop = (
+            p.threshold > 0
+            and st.last_cost is not None
+            and st.last_cost <= p.threshold
+            and st.partial_n == 0
+        )
+        last_commit = time.monotonic()
+        slowest = 0.0
+        while st.cursor < total and not st.stop:
+            if remaining_ms() / 1000 < MIN_MARGIN_SECONDS + 3 * slowest:
+                return self._hand_over(run_id, owner, st, p.neurons)
+            t0 = time.monotonic()
+            epoch, batch = divmod(st.cursor, spe)
+            idx = schedule.batch_indices(p, m, epoch, batch)
+            y = data.y if idx is None else data.y[:, idx]
+            inputs = fanout.StepInputs(
+                run_id=run_id,
+                data_key=run.data_key,
+                activations=p.activations,
+                learning_rate=p.learning_rate,
+                y=y,
+                indices=None if idx is None else idx.tolist(),
+            )
+            result = fanout.step(st.weights, blocks, inputs, self.invoker)
+            st.weights = result.weights
+            st.cursor += 1
+            st.partial_sum += result.cost * y.shape[1]
+            st.partial_n += y.shape[1]
+            if batch == spe - 1:
+                cost = st.partial_sum / st.partial_n
+                self.s.costs.put(run_id, epoch, cost, time.monotonic() - t0)
+                st.epochs_done, st.last_cost = epoch + 1, cost
+                st.partial_sum, st.partial_n = 0.0, 0
+                st.stop = p.threshold > 0 and cost <= p.threshold
+                log.info(
+                    "epoch done",
+                    extra={"run_id": run_id, "epoch": epoch, "cost": cost},
+                )
+            now = time.monotonic()
+            if (
+                st.stop
+                or st.cursor == total
+                or st.cursor - st.committed >= p.commit_every
+                or now - last_commit >= self.cfg.commit_seconds
+            ):
+                if not self._commit(run_id, owner, st, p.neurons):
+                    return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
+                last_commit = time.monotonic()
+            slowest = max(slowest, time.monotonic() - t0)
+        return self._finish(run, owner, st, p, data)
+
+    def _commit(
+        self,
+        run_id: str,
+        owner: str,
+        st: _State,
+        sizes: tuple[int, ...],
+        release: bool = False,
+        counters: dict[str, int] | None = None,
+    ) -> bool:
+        """Write version `cursor` and move the run to it; False if the run is no longer ours."""
+        if st.cursor != st.committed:
+            self.s.weights.write(run_id, st.cursor, st.weights)
+        try:
+            self.s.runs.commit(
+                run_id,
+                owner,
+                expected_cursor=st.committed,
+                fields={
+                    "cursor": st.cursor,
+                    "weights_version": st.cursor,
+                    "epochs_done": st.epochs_done,
+                    "last_cost": st.last_cost,
+                    "partial_sum": st.partial_sum.hex(),
+                    "partial_n": st.partial_n,
+                    "heartbeat": time.time(),
+                },
+                counters={**self.invoker.counters.take(), **(counters or {})},
+                lease_seconds=self.cfg.lease_seconds,
+                release=release,
+            )
+        except Conflict:
+            log.warning(
+                "commit refused: the run was cancelled or another trainer took it over",
+                extra={"run_id": run_id, "cursor": st.cursor},
+            )
+            return False
+        if st.cursor != st.committed:
+            self.s.weights.delete(run_id, st.committed, sizes)
+        st.committed = st.cursor
+        return True
+
+    def _hand_over(
+        self, run_id: str, owner: str, st: _State, sizes: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """Commit, release the lease, and start a fresh trainer invocation to go on."""
+        if not self._commit(run_id, owner, st, sizes, release=True, counters={"handovers": 1}):
+            return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
+        self.s.functions.start(
+            self.cfg.trainer_function, TrainerEvent(run_id, "handover").to_dict()
+        )
+        log.info(
+            "handed over to a new trainer invocation", extra={"run_id": run_id, "cursor": st.cursor}
+        )
+        return {"run_id": run_id, "outcome": "handover", "cursor": st.cursor}
+
+    def _finish(
+        self,
+        run: Run,
+        owner: str,
+        st: _State,
+        p: params_mod.Parameters,
+        data: datacache.TrainingData,
+    ) -> dict[str, Any]:
+        run_id = run.run_id
+        train_acc = network.accuracy(st.weights, p.activations, data.x, data.y)
+        test_acc = None
+        if run.get("test_key"):
+            arrays = self.s.objects.get_arrays(run.test_key)
+            x_test = flatten_images(arrays["x"])
+            y_test = arrays["y"].reshape(1, -1)
+            test_acc = network.accuracy(st.weights, p.activations, x_test, y_test)
+        seconds = time.time() - float(run.get("started_at", time.time()))
+        metadata = {
+            "run_id": run_id,
+            "parameters": p.to_json(),
+            "activations": list(p.activations),
+            "input_shape": list(run.image_shape),
+            "classes": list(run.classes),
+            "final_cost": st.last_cost,
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "epochs": st.epochs_done,
+            "seconds": seconds,
+            "dataset": run.dataset,
+        }
+        model_uri = self.s.models.publish(run_id, st.weights, metadata)
+        try:
+            done = self.s.runs.finish(
+                run_id,
+                owner,
+                st.cursor,
+                {
+                    "model_uri": model_uri,
+                    "train_accuracy": train_acc,
+                    "test_accuracy": test_acc,
+                    "final_cost": st.last_cost,
+                    "finished_at": time.time(),
+                    "seconds": seconds,
+                },
+            )
+        except Conflict:
+            return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
+        test = "n/a" if test_acc is None else f"{test_acc:.3f}"
+        self.s.notifier.publish(
+            f"itsacat: run {run_id} succeeded",
+            f"Training finished after {st.epochs_done} epochs in {seconds:.0f} s: final cost "
+            f"{st.last_cost:.6f}, train accuracy {train_acc:.3f}, test accuracy {test}. "
+            f"Model: {model_uri}",
+            {
+                "status": done.status,
+                "run_id": run_id,
+                "final_cost": st.last_cost,
+                "train_accuracy": train_acc,
+                "test_accuracy": test_acc,
+                "epochs": st.epochs_done,
+                "seconds": seconds,
+                "model_uri": model_uri,
+            },
+        )
+        log.info("run succeeded", extra={"run_id": run_id, "model_uri": model_uri})
+        return {"run_id": run_id, "outcome": "succeeded", "model_uri": model_uri}
+
+    def _release_after_error(self, run_id: str, owner: str, error: Exception) -> None:
+        """Give the lease back so that a retry or the watchdog can go on at once."""
+        try:
+            self.s.runs.release(run_id, owner, f"{type(error).__name__}: {error}")
+        except Exception:  # the original error matters more
+            log.exception("could not release the lease", extra={"run_id": run_id})

@@ -1,0 +1,113 @@
+"""Scatter-gather: one training step computed by neuron invocations, layer by layer.
+
+For each layer, forward, the trainer sends each block its weight rows and the previous
+layer's activations, and stacks the blocks' outputs; it computes the cost and its gradient
+itself; then, backward, each block returns its weight and bias gradients and its share of
+the previous layer's gradient, which the trainer adds up in block order. The update is
+the core's `neurons.update`. `Invoker` runs a batch of requests in parallel, in order.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer_lambdas.nn import neurons
+from trainer_lambdas.nn.cost import cross_entropy, cross_entropy_grad
+from trainer_lambdas.nn.network import Step, Weights
+from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
+from trainer_lambdas.plan import Block
+
+Invoker = Callable[[Sequence[NeuronRequest]], list[NeuronResponse]]
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    run_id: str
+    data_key: str
+    activations: tuple[str, ...]
+    learning_rate: float
+    y: np.ndarray  # (1, m) labels of this step's batch
+    indices: list[int] | None  # the batch's columns of the training data; None: all
+
+
+def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: Invoker) -> Step:
+    """One forward/backward/update over the plan's blocks; equals `network.step`."""
+    zs: list[np.ndarray] = []
+    acts: list[np.ndarray] = []
+    for layer, layer_blocks in enumerate(blocks):
+        w, b = weights[layer]
+        a_prev = None if layer == 0 else acts[-1]
+        reqs = [
+            NeuronRequest(
+                run_id=inp.run_id,
+                data_key=inp.data_key,
+                phase="forward",
+                layer=blk.layer,
+                lo=blk.lo,
+                hi=blk.hi,
+                activation=inp.activations[layer],
+                w=w[blk.lo : blk.hi],
+                b=b[blk.lo : blk.hi],
+                a_prev=a_prev,
+                indices=inp.indices,
+            )
+            for blk in layer_blocks
+        ]
+        outs = invoke(reqs)
+        zs.append(np.vstack([_need(o.z, "z") for o in outs]))
+        acts.append(np.vstack([_need(o.a, "a") for o in outs]))
+    cost = cross_entropy(acts[-1], inp.y)
+    da = cross_entropy_grad(acts[-1], inp.y)
+    new: Weights = list(weights)
+    for layer in reversed(range(len(blocks))):
+        w, b = weights[layer]
+        a_prev = None if layer == 0 else acts[layer - 1]
+        reqs = [
+            NeuronRequest(
+                run_id=inp.run_id,
+                data_key=inp.data_key,
+                phase="backward",
+                layer=blk.layer,
+                lo=blk.lo,
+                hi=blk.hi,
+                activation=inp.activations[layer],
+                w=w[blk.lo : blk.hi],
+                b=b[blk.lo : blk.hi],
+                a_prev=a_prev,
+                indices=inp.indices,
+                z=zs[layer][blk.lo : blk.hi],
+                a=acts[layer][blk.lo : blk.hi],
+                da=da[blk.lo : blk.hi],
+                need_da_prev=layer > 0,
+            )
+            for blk in blocks[layer]
+        ]
+        outs = invoke(reqs)
+        grads = neurons.Backward(
+            dw=np.vstack([_need(o.dw, "dw") for o in outs]),
+            db=np.vstack([_need(o.db, "db") for o in outs]),
+            da_prev=np.zeros(0),
+        )
+        new[layer] = neurons.update(w, b, grads, inp.learning_rate)
+        if layer > 0:
+            da = _need(outs[0].da_prev, "da_prev").copy()
+            for o in outs[1:]:
+                da += _need(o.da_prev, "da_prev")
+    return Step(cost=cost, weights=new)
+
+
+def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
+    """What a neuron invocation computes, given the resolved previous activations."""
+    if req.phase == "forward":
+        f = neurons.forward(req.w, req.b, a_prev, req.activation)
+        return NeuronResponse(z=f.z, a=f.a)
+    z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
+    g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], req.need_da_prev)
+    return NeuronResponse(dw=g.dw, db=g.db, da_prev=g.da_prev if req.need_da_prev else None)
+
+
+def _need(a: np.ndarray | None, name: str) -> np.ndarray:
+    if a is None:
+        raise PayloadError(f"a neuron payload lacks '{name}'")
+    return a

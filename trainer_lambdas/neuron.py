@@ -1,0 +1,20 @@
+"""Lambda handler: forward or backward for one block of neurons. Pure compute, safe to repeat."""
+
+from typing import Any
+
+from state.objects import ObjectStore
+from trainer_lambdas import datacache, fanout, services
+from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
+
+
+def compute(req: NeuronRequest, objects: ObjectStore) -> NeuronResponse:
+    """The block's outputs; the training inputs come from the warm worker's cache."""
+    if req.a_prev is None:
+        a_prev = datacache.columns(datacache.load(objects, req.data_key), req.indices)
+    else:
+        a_prev = req.a_prev
+    return fanout.compute(req, a_prev)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return compute(NeuronRequest.from_event(event), services.stores().objects).to_dict()

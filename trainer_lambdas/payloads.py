@@ -1,0 +1,213 @@
+"""One typed payload per event kind, with validation that raises `PayloadError`.
+
+Arrays travel as {"shape": [...], "f8": base64 of little-endian float64 bytes}: exact,
+compact, and no pickle.
+"""
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import numpy as np
+
+
+class PayloadError(ValueError):
+    """An event that does not have the expected shape."""
+
+
+def pack(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a, dtype="<f8")
+    return {"shape": list(a.shape), "f8": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def unpack(d: Any, what: str) -> np.ndarray:
+    try:
+        shape = tuple(int(n) for n in d["shape"])
+        a = np.frombuffer(base64.b64decode(d["f8"]), dtype="<f8").reshape(shape)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PayloadError(f"'{what}' is not a packed array: {e}") from e
+    return a.astype(np.float64)  # a writable native copy
+
+
+def _opt(d: dict, key: str) -> np.ndarray | None:
+    return None if d.get(key) is None else unpack(d[key], key)
+
+
+@dataclass(frozen=True)
+class NeuronRequest:
+    """Work for one block of neurons (rows lo:hi of one layer) in one phase of one step.
+
+    `a_prev` None means "the training inputs": the neuron reads them from `data_key` (once
+    per warm worker) and takes the columns in `indices` (None: all, in order).
+    """
+
+    run_id: str
+    data_key: str
+    phase: str  # "forward" or "backward"
+    layer: int
+    lo: int
+    hi: int
+    activation: str
+    w: np.ndarray
+    b: np.ndarray
+    a_prev: np.ndarray | None = None
+    indices: list[int] | None = None
+    z: np.ndarray | None = None  # backward only
+    a: np.ndarray | None = None  # backward only
+    da: np.ndarray | None = None  # backward only
+    need_da_prev: bool = True
+
+    def to_json(self) -> bytes:
+        d: dict[str, Any] = {
+            "kind": "neuron",
+            "run_id": self.run_id,
+            "data_key": self.data_key,
+            "phase": self.phase,
+            "layer": self.layer,
+            "lo": self.lo,
+            "hi": self.hi,
+            "activation": self.activation,
+            "indices": self.indices,
+            "need_da_prev": self.need_da_prev,
+        }
+        for k in ("w", "b", "a_prev", "z", "a", "da"):
+            v = getattr(self, k)
+            d[k] = None if v is None else pack(v)
+        return json.dumps(d).encode()
+
+    @classmethod
+    def from_event(cls, event: Any) -> "NeuronRequest":
+        if not isinstance(event, dict) or event.get("kind") != "neuron":
+            raise PayloadError("not a neuron request")
+        phase = event.get("phase")
+        if phase not in ("forward", "backward"):
+            raise PayloadError(f"phase must be forward or backward, got {phase!r}")
+        try:
+            req = cls(
+                run_id=str(event["run_id"]),
+                data_key=str(event["data_key"]),
+                phase=phase,
+                layer=int(event["layer"]),
+                lo=int(event["lo"]),
+                hi=int(event["hi"]),
+                activation=str(event["activation"]),
+                w=unpack(event["w"], "w"),
+                b=unpack(event["b"], "b"),
+                a_prev=_opt(event, "a_prev"),
+                indices=None if event.get("indices") is None else list(event["indices"]),
+                z=_opt(event, "z"),
+                a=_opt(event, "a"),
+                da=_opt(event, "da"),
+                need_da_prev=bool(event.get("need_da_prev", True)),
+            )
+        except KeyError as e:
+            raise PayloadError(f"neuron request is missing {e}") from e
+        if req.phase == "backward" and (req.z is None or req.a is None or req.da is None):
+            raise PayloadError("a backward request needs z, a and da")
+        return req
+
+
+@dataclass(frozen=True)
+class NeuronResponse:
+    z: np.ndarray | None = None
+    a: np.ndarray | None = None
+    dw: np.ndarray | None = None
+    db: np.ndarray | None = None
+    da_prev: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: pack(v)
+            for k in ("z", "a", "dw", "db", "da_prev")
+            if (v := getattr(self, k)) is not None
+        }
+
+    @classmethod
+    def from_json(cls, body: bytes) -> "NeuronResponse":
+        try:
+            d = json.loads(body)
+        except ValueError as e:
+            raise PayloadError(f"neuron response is not JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise PayloadError("neuron response is not an object")
+        return cls(**{k: _opt(d, k) for k in ("z", "a", "dw", "db", "da_prev")})
+
+
+TRAINER_REASONS = ("launch", "handover", "watchdog", "resume")
+
+
+@dataclass(frozen=True)
+class TrainerEvent:
+    run_id: str
+    reason: str = "launch"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "trainer", "run_id": self.run_id, "reason": self.reason}
+
+    @classmethod
+    def from_event(cls, event: Any) -> "TrainerEvent":
+        if not isinstance(event, dict) or not isinstance(event.get("run_id"), str):
+            raise PayloadError("a trainer event needs a string 'run_id'")
+        reason = event.get("reason", "launch")
+        if reason not in TRAINER_REASONS:
+            raise PayloadError(f"unknown trainer reason {reason!r}")
+        return cls(run_id=event["run_id"], reason=reason)
+
+
+@dataclass(frozen=True)
+class UploadedObject:
+    """One S3 ObjectCreated record: which object version landed where."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    sequencer: str
+    event_time: str
+
+
+def uploaded_objects(event: Any) -> list[UploadedObject]:
+    """The S3 records of an S3 event, or of an SQS batch of S3 events (keys URL-decoded).
+
+    S3's test event (sent when a notification is configured) yields nothing.
+    """
+    if not isinstance(event, dict):
+        raise PayloadError("the event is not an object")
+    records: list[dict] = []
+    for rec in event.get("Records", []):
+        if rec.get("eventSource") == "aws:sqs":
+            try:
+                body = json.loads(rec["body"])
+            except (KeyError, ValueError) as e:
+                raise PayloadError(f"an SQS record's body is not JSON: {e}") from e
+            if body.get("Event") == "s3:TestEvent":
+                continue
+            if body.get("Type") == "Notification" and "Message" in body:  # via SNS
+                body = json.loads(body["Message"])
+            records += body.get("Records", [])
+        elif rec.get("eventSource") == "aws:s3":
+            records.append(rec)
+    out = []
+    for rec in records:
+        if not str(rec.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        try:
+            s3 = rec["s3"]
+            obj = s3["object"]
+            out.append(
+                UploadedObject(
+                    bucket=s3["bucket"]["name"],
+                    key=unquote_plus(obj["key"]),
+                    size=int(obj.get("size", 0)),
+                    etag=str(obj.get("eTag", "")),
+                    version_id=obj.get("versionId") or None,
+                    sequencer=str(obj.get("sequencer", "")),
+                    event_time=str(rec.get("eventTime", "")),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PayloadError(f"an S3 record lacks {e}") from e
+    return out

@@ -1,0 +1,49 @@
+"""The fan-out plan: which blocks of neurons each invocation computes. Pure, no AWS.
+
+`fanout` k puts k consecutive neurons of a layer in one invocation (k = 1: one neuron per
+invocation, the default). Blocks are capped so that a request or response stays under
+Lambda's 6 MB synchronous payload limit (a block's weight gradient is rows x inputs
+float64 values, base64-encoded).
+"""
+
+from dataclasses import dataclass
+
+PAYLOAD_LIMIT = 6 * 1024 * 1024
+# What the arrays of one block may take, leaving room for the rest of the JSON.
+ARRAY_BUDGET = 4 * 1024 * 1024
+B64 = 4 / 3
+
+
+@dataclass(frozen=True)
+class Block:
+    layer: int  # 1-based
+    lo: int
+    hi: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+
+def max_rows(n_prev: int, m: int) -> int:
+    """Most rows one block may carry: its dW (rows x n_prev) and z/a/da (rows x m)."""
+    per_row = 8 * B64 * (n_prev + 3 * m + 1)
+    return max(1, int(ARRAY_BUDGET // per_row))
+
+
+def plan(n_x: int, neurons: tuple[int, ...], fanout: int, m: int) -> list[list[Block]]:
+    """For each layer, its blocks in order; together they cover every neuron exactly once."""
+    if fanout < 1:
+        raise ValueError(f"fanout must be >= 1, got {fanout}")
+    layers = []
+    n_prev = n_x
+    for layer, n in enumerate(neurons, start=1):
+        k = min(fanout, max_rows(n_prev, m))
+        layers.append([Block(layer, lo, min(lo + k, n)) for lo in range(0, n, k)])
+        n_prev = n
+    return layers
+
+
+def invocations_per_step(p: list[list[Block]]) -> int:
+    """Forward and backward: each block is invoked twice per step."""
+    return 2 * sum(len(blocks) for blocks in p)
