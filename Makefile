@@ -6,17 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint types demo bench slow clean
+.PHONY: install test check lint types cfn-lint demo bench slow clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+test: install cfn-lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
@@ -24,9 +24,13 @@ lint: install
 	$(BIN)/ruff format --check .
 
 types: install
-	$(BIN)/mypy trainer_lambdas state itsacat
+	$(BIN)/mypy trainer_lambdas state itsacat embedded
 
-check: lint types test
+check: lint types cfn-lint test
+
+# The template (and the tests' fixture template) must lint clean: `make test` runs this too.
+cfn-lint: install
+	$(BIN)/cfn-lint templates/*.yaml tests/embedded/fixture_template.yaml
 
 demo: install
 	@echo "make demo: not built yet (issue 6: itsacat demo)" >&2; exit 1

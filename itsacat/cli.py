@@ -12,8 +12,13 @@ from itsacat.errors import UserError
 
 # Order here is the order in `itsacat --help`.
 COMMAND_MODULES = (
+    "itsacat.commands.stack",
     "itsacat.commands.reference",
     "itsacat.commands.dataset",
+    "itsacat.commands.train",
+    "itsacat.commands.runs",
+    "itsacat.commands.report",
+    "itsacat.commands.serve",
 )
 
 

@@ -12,7 +12,8 @@ Layout in the bucket:
 follows the pointer never finds a half-written model. Readers check the pointer's ETag
 (`latest_etag`, one HEAD request) to learn cheaply whether a new model appeared.
 
-Only boto3, numpy and h5py are imported here: the prediction API ships this module too.
+The prediction API ships this module (with `state/errors.py`; `state/clients.py` only when
+no client is injected), so it imports nothing else from the project.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import h5py
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
+from state.errors import NotFound, StateError
+
 Weights = list[tuple[np.ndarray, np.ndarray]]
 
 MODELS_PREFIX = "models/"
@@ -44,11 +47,11 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 
 
-class ModelStoreError(Exception):
+class ModelStoreError(StateError):
     """The model store could not be used; subclasses say why."""
 
 
-class ModelNotFound(ModelStoreError):
+class ModelNotFound(ModelStoreError, NotFound):
     """No model (or not the requested one) has been published."""
 
 
@@ -171,9 +174,9 @@ class ModelStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
+            from state.clients import client
 
-            self._client = boto3.client("s3")
+            self._client = client("s3")
         return self._client
 
     def uri(self, run_id: str) -> str:
@@ -196,9 +199,7 @@ class ModelStore:
         activations = _activations(metadata)
         weights = [(np.asarray(w, np.float64), np.asarray(b, np.float64)) for w, b in weights]
         _check_shapes(weights, activations, input_shape)
-        trained_at = metadata.get("trained_at") or datetime.now(UTC).isoformat(
-            timespec="seconds"
-        )
+        trained_at = metadata.get("trained_at") or datetime.now(UTC).isoformat(timespec="seconds")
         doc: dict[str, Any] = {
             **metadata,
             "run_id": run_id,
@@ -215,7 +216,7 @@ class ModelStore:
         self._put(model_key(run_id), _json_bytes(doc), "application/json")
         # The original project's locations, before the pointer like the rest.
         self._put(LEGACY_PARAMS_KEY, h5, "application/x-hdf5")
-        results = {
+        results: dict[str, Any] = {
             k: doc.get(k)
             for k in (
                 "run_id",

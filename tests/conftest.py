@@ -1,10 +1,48 @@
-"""Shared test settings: where the shared data lives."""
+"""Fixtures shared by every test directory.
 
+`embedded_stack` (session): one real embedded stack (emulator + local Lambda runtime) on free
+ports in a temporary ITSACAT_HOME, with the project's template and the test-only functions of
+tests/embedded/fixture_template.yaml (stack `itsacat-fixtures`); stopped, with all of its
+processes, at the end of the session.
+`embedded_env` (function): the stack's environment (endpoints, region, dummy credentials,
+ITSACAT_BUCKET, table names, ...) set in os.environ for one test, so that plain boto3
+clients talk to the stack.
+"""
+
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `tests.support` and the project's packages import from here
+    sys.path.insert(0, str(ROOT))
+
+from embedded.stack import StackInfo  # noqa: E402
+from embedded.testing import running_stack  # noqa: E402
+
+FIXTURE_TEMPLATE = Path(__file__).parent / "embedded" / "fixture_template.yaml"
+FIXTURE_STACK = "itsacat-fixtures"
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    home = tmp_path_factory.mktemp("itsacat-home")
+    with running_stack(home, extra_templates=[(FIXTURE_STACK, FIXTURE_TEMPLATE)]) as info:
+        yield info
+
+
+@pytest.fixture
+def embedded_env(embedded_stack: StackInfo, monkeypatch: pytest.MonkeyPatch) -> StackInfo:
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in embedded_stack.env().items():
+        monkeypatch.setenv(name, value)
+    return embedded_stack
+
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""The prediction API's workings; `app.py` holds only the routes that call into here."""

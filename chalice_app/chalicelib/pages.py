@@ -1,0 +1,99 @@
+"""The two HTML pages a browser sees: the index with its form, and a verdict.
+
+Every value placed in a page goes through `html.escape`; the pages load nothing from
+elsewhere (the picture is an inline data: thumbnail), which the CSP header enforces.
+"""
+
+from __future__ import annotations
+
+import html
+from string import Template
+from typing import Any
+
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'"
+)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
+input[type=url] { width: 100%; padding: .4rem; }
+.verdict { font-size: 2rem; margin: .5rem 0; }
+.meta { color: #555; font-size: .9rem; }
+img { max-width: 256px; border-radius: .3rem; }
+"""
+
+_LAYOUT = Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title><style>$style</style></head>
+<body>$body</body></html>
+""")
+
+_INDEX = Template("""<h1>Is it a cat?</h1>
+<form method="get" action="image">
+  <p><label>Picture URL<br><input type="url" name="image" required
+     placeholder="https://example.com/cat.jpeg"></label></p>
+  <p><button type="submit">Ask</button></p>
+</form>
+<form id="upload">
+  <p><label>&hellip;or upload a picture (JPEG, PNG, GIF, WebP)<br>
+     <input type="file" id="file" accept="image/jpeg,image/png,image/gif,image/webp"></label></p>
+  <p><button type="submit">Upload</button></p>
+</form>
+<p class="meta">$model</p>
+<script>
+document.getElementById("upload").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = document.getElementById("file").files[0];
+  if (!file) return;
+  const response = await fetch("image", {method: "POST", body: file,
+    headers: {"Content-Type": file.type || "application/octet-stream", "Accept": "text/html"}});
+  const text = await response.text();
+  if ((response.headers.get("Content-Type") || "").startsWith("text/html")) {
+    document.open(); document.write(text); document.close();
+  } else {
+    alert(JSON.parse(text).error || text);
+  }
+});
+</script>
+""")
+
+_VERDICT = Template("""<h1>Is it a cat?</h1>
+<p><img src="$thumbnail" alt="the picture"></p>
+<p class="verdict">$label</p>
+<p>probability of cat: $probability</p>
+<p class="meta">$source<br>$model</p>
+<p><a href="./">Ask again</a></p>
+""")
+
+
+def _model_line(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return "No model has been trained yet."
+    accuracy = summary.get("test_accuracy")
+    shown = f"{accuracy:.0%}" if isinstance(accuracy, int | float) else "unknown"
+    return (
+        f"Model {summary.get('run_id')}, trained {summary.get('trained_at')}, "
+        f"test accuracy {shown}."
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return _LAYOUT.substitute(title=html.escape(title), style=_STYLE, body=body)
+
+
+def index_page(model: dict[str, Any] | None) -> str:
+    return _page("itsacat", _INDEX.substitute(model=html.escape(_model_line(model))))
+
+
+def verdict_page(verdict: dict[str, Any], thumbnail: str, source: str) -> str:
+    label = str(verdict["label"])
+    body = _VERDICT.substitute(
+        thumbnail=html.escape(thumbnail, quote=True),
+        label=html.escape(label),
+        probability=html.escape(f"{verdict['probability']:.3f}"),
+        source=html.escape(source),
+        model=html.escape(_model_line(verdict.get("model"))),
+    )
+    return _page(f"itsacat: {label}", body)

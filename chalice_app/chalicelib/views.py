@@ -1,0 +1,89 @@
+"""The HTTP side of each route: read the request, call `service`, shape the response.
+
+`answers_errors` is the one place where failures become responses: an `ApiError` becomes
+its status and `{"error", "code"}`, anything else a logged 500 with the same shape, so
+no traceback ever reaches a client. Errors are JSON even for browsers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from chalice import Response
+
+from chalicelib import images, pages, service
+from chalicelib.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+JSON = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+HTML = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": pages.CSP,
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ApiError as e:
+            log.info("%s %s: %s", e.status, e.code, e.message)
+            return json_response(e.body(), e.status)
+        except Exception:
+            log.exception("unexpected error")
+            return json_response({"error": "internal error", "code": "internal_error"}, 500)
+
+    return wrapper
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(body=body, status_code=status, headers=dict(JSON))
+
+
+def html_response(text: str, status: int = 200) -> Response:
+    return Response(body=text, status_code=status, headers=dict(HTML))
+
+
+def wants_html(request: Any) -> bool:
+    """True when the client prefers HTML (a browser), False for `*/*` and JSON clients."""
+    accept = (request.headers.get("accept") or "").lower()
+    return "text/html" in accept
+
+
+@answers_errors
+def index(request: Any) -> Response:
+    body = service.ping()
+    if wants_html(request):
+        return html_response(pages.index_page(body["model"]))
+    return json_response(body)
+
+
+@answers_errors
+def image_from_url(request: Any) -> Response:
+    url = (request.query_params or {}).get("image")
+    return _answer(request, service.classify_url(url))
+
+
+@answers_errors
+def image_from_body(request: Any) -> Response:
+    prediction = service.classify_body(request.raw_body, request.headers.get("content-type"))
+    return _answer(request, prediction)
+
+
+@answers_errors
+def model(request: Any) -> Response:
+    return json_response(service.model_info())
+
+
+def _answer(request: Any, prediction: service.Prediction) -> Response:
+    if wants_html(request):
+        thumbnail = images.thumbnail_data_uri(prediction.image)
+        return html_response(pages.verdict_page(prediction.verdict, thumbnail, prediction.source))
+    return json_response(prediction.verdict)

@@ -1,0 +1,182 @@
+"""The AWS emulator process: moto in server mode on loopback, made safe for concurrent callers.
+
+moto keeps its state in plain Python objects without locks; two concurrent DynamoDB
+`UpdateItem ... ADD` calls can both read the old value and one update is lost, and
+conditional writes can both succeed. DynamoDB guarantees neither happens, and the
+trainer's exactly-once commits rely on it, so every request here runs under one global
+lock. SQS long polls are the exception that would block everybody for up to 20 s: they
+are turned into short polls repeated outside the lock until the wait time is over.
+
+A few small patches bring moto closer to AWS where the stack depends on it:
+- S3 event records carry `sequencer` (and `versionId` for versioned buckets), as AWS's do,
+  so a handler can tell one upload of a key from the next; keys keep their slashes.
+- moto never tries to run Lambda code itself (it would need Docker): the SQS event source
+  mappings the template declares are executed by the embedded relay instead.
+
+Run as `python -m embedded.emulator --port N --ready-file PATH`; the actual port is
+written to the ready file once the server listens (port 0 picks a free one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote_plus
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_LONG_POLL_STEP_S = 0.1
+
+
+class SerialisedApp:
+    """WSGI middleware: one request at a time into moto, the response body read inside the lock."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+            return self._receive_message(environ, start_response)
+        status, headers, body = self._call_locked(environ)
+        start_response(status, headers)
+        return [body]
+
+    def _call_locked(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            captured["status"], captured["headers"] = status, headers
+            return chunks.append
+
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        return captured["status"], captured["headers"], b"".join(chunks)
+
+    def _receive_message(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Serve a long poll as short polls, so that the lock is never held while waiting."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b"{}"
+        try:
+            request = json.loads(raw or b"{}")
+            wait = float(request.get("WaitTimeSeconds") or 0)
+        except (ValueError, AttributeError):
+            request, wait = None, 0.0
+        if request is not None and wait > 0:
+            request["WaitTimeSeconds"] = 0
+            raw = json.dumps(request).encode()
+        deadline = time.monotonic() + wait
+        while True:
+            attempt = dict(environ, CONTENT_LENGTH=str(len(raw)))
+            attempt["wsgi.input"] = io.BytesIO(raw)
+            status, headers, body = self._call_locked(attempt)
+            if not status.startswith("200") or time.monotonic() >= deadline or _has_messages(body):
+                start_response(status, headers)
+                return [body]
+            time.sleep(_LONG_POLL_STEP_S)
+
+
+def _has_messages(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("Messages"))
+    except (ValueError, AttributeError):
+        return True  # not what we expected: hand it back as it is
+
+
+def patch_moto() -> None:
+    """Apply the fidelity patches described in the module docstring (idempotent)."""
+    import moto.s3.notifications as s3_notifications
+    import moto.sqs.models as sqs_models
+
+    if getattr(s3_notifications, "_itsacat_patched", False):
+        return
+    original_event = s3_notifications._get_s3_event
+    sequence = itertools.count(1)
+    sequence_lock = threading.Lock()
+
+    def s3_event(event_name: str, bucket: Any, key: Any, notification_id: str) -> Any:
+        event = original_event(event_name, bucket, key, notification_id)
+        with sequence_lock:
+            sequencer = f"{time.time_ns():016X}{next(sequence):08X}"
+        obj = event["Records"][0]["s3"]["object"]
+        obj["key"] = quote_plus(key.name, safe="/")  # S3 leaves the slashes alone
+        obj["sequencer"] = sequencer
+        version = getattr(key, "version_id", None)
+        if version and version != "null":
+            obj["versionId"] = version
+        return event
+
+    s3_notifications._get_s3_event = s3_event
+    # Reads always see no mapping; writes are dropped. The relay runs the mappings.
+    sqs_models.Queue.lambda_event_source_mappings = property(  # type: ignore[assignment]
+        lambda self: {}, lambda self, value: None
+    )
+    s3_notifications._itsacat_patched = True  # type: ignore[attr-defined]
+
+
+def make_app() -> SerialisedApp:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    patch_moto()
+    return SerialisedApp(DomainDispatcherApplication(create_backend_app))
+
+
+def serve(host: str, port: int, ready_file: str | None) -> None:
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    class Handler(MotoRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            # Without it, Nagle's algorithm and delayed ACKs add ~40 ms to small requests.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass  # one line per request would dwarf everything else in the log
+
+    server = make_server(host, port, make_app(), threaded=True, request_handler=Handler)
+    os.environ["MOTO_PORT"] = str(server.server_port)  # moto builds some URLs from it
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    if ready_file:
+        tmp = ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"port": server.server_port, "pid": os.getpid()}, f)
+        os.replace(tmp, ready_file)
+    print(f"emulator listening on http://{host}:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The embedded stack's AWS emulator (moto).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.ready_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

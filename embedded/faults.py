@@ -1,0 +1,134 @@
+"""The fault-injection hook: which faults to inject into one invocation.
+
+AWS delivers events at least once, retries, throttles and kills functions at their time
+limit; the trainer must come out of all of it with the numbers of a clean run. The local
+runtime consults a `FaultPlan` once per invocation (and the relay once per S3 message) and
+applies what it answers:
+
+  throttle      answer `TooManyRequestsException` (429) instead of running the handler
+  delay_s       wait this long before running it
+  duplicate     run the invocation a second time (the caller sees one result)
+  crash_before  the worker dies before the handler runs (no side effects)
+  crash_after   the worker dies after the handler returned, before replying
+  timeout       the handler overruns the function's timeout and the worker is killed
+
+The default plan injects nothing. A plan is built from a spec such as
+`duplicate=0.1,crash_before=0.1,throttle=0.1,delay_ms=0-200,s3_duplicate=0.5,seed=7`
+(probabilities per invocation, a delay range, a seed for reproducible choices).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+_PROBABILITIES = ("duplicate", "crash_before", "crash_after", "timeout", "throttle", "s3_duplicate")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults to inject into one invocation; all off by default."""
+
+    throttle: bool = False
+    delay_s: float = 0.0
+    duplicate: bool = False
+    crash_before: bool = False
+    crash_after: bool = False
+    timeout: bool = False
+
+    @property
+    def worker_fault(self) -> str | None:
+        """The fault the worker process itself acts out, if any."""
+        for name in ("crash_before", "crash_after", "timeout"):
+            if getattr(self, name):
+                return name
+        return None
+
+
+NO_FAULTS = Faults()
+
+
+class FaultPlan:
+    """Decides per invocation which faults to inject; injects none unless given a spec."""
+
+    def __init__(
+        self,
+        probabilities: dict[str, float] | None = None,
+        delay_ms: tuple[int, int] = (0, 0),
+        seed: int | None = None,
+        functions: frozenset[str] | None = None,
+    ) -> None:
+        self.probabilities = dict(probabilities or {})
+        self.delay_ms = delay_ms
+        self.functions = functions  # None: every function
+        self.seed = seed
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.probabilities.values()) or self.delay_ms[1] > 0
+
+    @classmethod
+    def parse(cls, spec: str | None) -> FaultPlan:
+        """Build a plan from `name=value,...`; raises ValueError naming what is wrong."""
+        probabilities: dict[str, float] = {}
+        delay_ms = (0, 0)
+        seed: int | None = None
+        for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"fault {item!r}: expected name=value")
+            try:
+                if name in _PROBABILITIES:
+                    probability = float(value)
+                    if not 0.0 <= probability <= 1.0:
+                        raise ValueError
+                    probabilities[name] = probability
+                elif name == "delay_ms":
+                    low, _, high = value.partition("-")
+                    delay_ms = (int(low), int(high or low))
+                    if not 0 <= delay_ms[0] <= delay_ms[1]:
+                        raise ValueError
+                elif name == "seed":
+                    seed = int(value)
+                else:
+                    known = ", ".join((*_PROBABILITIES, "delay_ms", "seed"))
+                    raise KeyError(f"unknown fault {name!r} (known: {known})")
+            except ValueError:
+                raise ValueError(f"fault {item!r}: bad value") from None
+            except KeyError as e:
+                raise ValueError(e.args[0]) from None
+        return cls(probabilities, delay_ms, seed)
+
+    def _chance(self, name: str) -> bool:
+        probability = self.probabilities.get(name, 0.0)
+        return probability > 0 and self._random.random() < probability
+
+    def decide(self, function: str, invocation_type: str) -> Faults:
+        """The faults for one invocation of `function` (`RequestResponse` or `Event`)."""
+        if not self.enabled or (self.functions is not None and function not in self.functions):
+            return NO_FAULTS
+        with self._lock:
+            throttle = self._chance("throttle")
+            low, high = self.delay_ms
+            delay_s = self._random.uniform(low, high) / 1000 if high else 0.0
+            duplicate = self._chance("duplicate")
+            # At most one fault inside the worker per invocation.
+            worker = [n for n in ("crash_before", "crash_after", "timeout") if self._chance(n)][:1]
+        return Faults(
+            throttle=throttle,
+            delay_s=delay_s,
+            duplicate=duplicate,
+            crash_before=worker == ["crash_before"],
+            crash_after=worker == ["crash_after"],
+            timeout=worker == ["timeout"],
+        )
+
+    def duplicate_s3_event(self) -> bool:
+        """Whether the relay delivers the next S3 notification twice."""
+        if not self.enabled:
+            return False
+        with self._lock:
+            return self._chance("s3_duplicate")

@@ -1,0 +1,91 @@
+"""Function output -> CloudWatch Logs in the emulator, as Lambda ships it on AWS.
+
+Every line a worker prints becomes a log event in the group `/aws/lambda/<function name>`,
+in a stream named like Lambda's (`YYYY/MM/DD/[$LATEST]<id>`, one per worker, as one per
+execution environment on AWS). Lines are buffered and sent in batches by one background
+thread, so printing never waits for the emulator; `aws logs tail` then works on both
+targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+_MAX_BATCH = 5000  # put_log_events allows 10,000 events and 1 MB per call
+_MAX_EVENT_CHARS = 200_000  # events are limited to 256 KB
+_FLUSH_S = 0.2
+
+
+def stream_name() -> str:
+    """A fresh log stream name in Lambda's format."""
+    return f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
+
+
+class LogSink:
+    """Buffers (group, stream, line) and flushes them to CloudWatch Logs in the background."""
+
+    def __init__(self, logs_client: Any, flush_s: float = _FLUSH_S) -> None:
+        self.logs = logs_client
+        self.flush_s = flush_s
+        self._pending: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._known_groups: set[str] = set()
+        self._known_streams: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="logsink", daemon=True)
+        self.events_sent = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def emit(self, group: str, stream: str, message: str, timestamp_ms: int | None = None) -> None:
+        event = {
+            "timestamp": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+            "message": message[:_MAX_EVENT_CHARS],
+        }
+        with self._lock:
+            self._pending[(group, stream)].append(event)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(list)
+        for (group, stream), events in pending.items():
+            try:
+                self._ensure(group, stream)
+                events.sort(key=lambda e: e["timestamp"])  # required by put_log_events
+                for i in range(0, len(events), _MAX_BATCH):
+                    batch = events[i : i + _MAX_BATCH]
+                    self.logs.put_log_events(
+                        logGroupName=group, logStreamName=stream, logEvents=batch
+                    )
+                    self.events_sent += len(batch)
+            except Exception:  # logs must never take the runtime down
+                self.errors += 1
+
+    def _ensure(self, group: str, stream: str) -> None:
+        if group not in self._known_groups:
+            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
+                self.logs.create_log_group(logGroupName=group)
+            self._known_groups.add(group)
+        if (group, stream) not in self._known_streams:
+            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
+                self.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            self._known_streams.add((group, stream))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        else:
+            self.flush()

@@ -1,0 +1,169 @@
+"""The SQS event source mapping, run locally: queue messages -> the launch function.
+
+On AWS, Lambda polls the template's training-input queue (filled by the bucket's S3
+notifications) and invokes the launch function with a batch of messages; a batch that
+succeeds is deleted, one that fails becomes visible again after the visibility timeout and,
+after `maxReceiveCount` receives, moves to the dead-letter queue. moto fills the queue but
+cannot run Lambda code, so this relay does Lambda's part, with the same event shape and
+the same outcomes. Only the wait before a failed batch is retried is scaled down.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import unquote_plus
+
+from embedded.functions import QueueSource
+
+_WAIT_S = 1  # long poll; the emulator turns it into cheap short polls
+
+
+def sqs_event(messages: list[dict[str, Any]], source: QueueSource) -> dict[str, Any]:
+    """The event Lambda's SQS poller passes to a function."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": m.get("MessageAttributes", {}),
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": source.queue_arn,
+                "awsRegion": "us-east-1",
+            }
+            for m in messages
+        ]
+    }
+
+
+def s3_keys(body: str) -> list[str]:
+    """The object keys named by an S3 notification (none for other messages)."""
+    try:
+        records = json.loads(body).get("Records", [])
+        return [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return []
+
+
+class Relay:
+    """One polling thread per SQS source."""
+
+    def __init__(self, runtime: Any, clients: Any, sources: list[QueueSource], config: Any) -> None:
+        self.runtime = runtime
+        self.sqs = clients.client("sqs")
+        self.sources = sources
+        self.retry_visibility_s = int(config.relay_retry_visibility_s)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.received = 0
+        self.delivered = 0
+        self.failed = 0
+        self.duplicated = 0
+        self.recent_keys: deque[str] = deque(maxlen=50)
+
+    def start(self) -> None:
+        for source in self.sources:
+            thread = threading.Thread(
+                target=self._poll, args=(source,), name=f"relay-{source.function}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=_WAIT_S + 2)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "sources": [
+                    {"queue": s.queue_arn, "function": s.function, "batch_size": s.batch_size}
+                    for s in self.sources
+                ],
+                "received": self.received,
+                "delivered": self.delivered,
+                "failed": self.failed,
+                "duplicated": self.duplicated,
+                "recent_keys": list(self.recent_keys),
+            }
+
+    def _poll(self, source: QueueSource) -> None:
+        while not self._stop.is_set():
+            try:
+                response = self.sqs.receive_message(
+                    QueueUrl=source.queue_url,
+                    MaxNumberOfMessages=min(source.batch_size, 10),
+                    WaitTimeSeconds=_WAIT_S,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
+                messages = response.get("Messages", [])
+                if messages:
+                    self._deliver(source, messages)
+            except Exception as e:  # the emulator going away at shutdown, mostly
+                if not self._stop.is_set():
+                    print(f"relay {source.queue_arn}: {e}", flush=True)
+                    time.sleep(0.5)
+
+    def _deliver(self, source: QueueSource, messages: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.received += len(messages)
+            for m in messages:
+                self.recent_keys.extend(s3_keys(m["Body"]))
+        payload = json.dumps(sqs_event(messages, source)).encode()
+        deliveries = 2 if self.runtime.faults.duplicate_s3_event() else 1
+        failed_ids: set[str] = set()
+        for _ in range(deliveries):
+            failed_ids = self._invoke(source, payload, messages)
+        with self._lock:
+            self.duplicated += deliveries - 1
+            self.delivered += len(messages) - len(failed_ids)
+            self.failed += len(failed_ids)
+        done = [m for m in messages if m["MessageId"] not in failed_ids]
+        retry = [m for m in messages if m["MessageId"] in failed_ids]
+        if done:
+            self.sqs.delete_message_batch(
+                QueueUrl=source.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
+                ],
+            )
+        if retry:
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=source.queue_url,
+                Entries=[
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": m["ReceiptHandle"],
+                        "VisibilityTimeout": self.retry_visibility_s,
+                    }
+                    for i, m in enumerate(retry)
+                ],
+            )
+
+    def _invoke(
+        self, source: QueueSource, payload: bytes, messages: list[dict[str, Any]]
+    ) -> set[str]:
+        """Invoke the function once; the ids of the messages that failed."""
+        all_ids = {m["MessageId"] for m in messages}
+        try:
+            result = self.runtime.invoke(source.function, payload)
+        except Exception:  # throttled: the whole batch goes back
+            return all_ids
+        if result.failed:
+            return all_ids
+        if source.report_batch_item_failures:
+            try:
+                failures = json.loads(result.payload or b"{}").get("batchItemFailures", [])
+                return {f["itemIdentifier"] for f in failures} & all_ids
+            except (ValueError, AttributeError, KeyError, TypeError):
+                return all_ids
+        return set()

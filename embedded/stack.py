@@ -1,0 +1,328 @@
+"""Start, inspect and stop the embedded stack; its state lives in a directory on disk.
+
+`start()` launches two background processes, the emulator (`embedded.emulator`) and the
+local Lambda runtime (`embedded.runtime`, which owns the worker processes, the relay, the
+schedule and the log sink), creates the template in the emulator between the two, and
+records ports, process ids and resource names in `$ITSACAT_HOME/stack.json` (default
+`~/.itsacat`). `stop()` stops exactly those processes, by the ids recorded there, after
+checking that each id still belongs to the process it started. `StackInfo.env()` gives the
+environment that points boto3 and the AWS CLI at the stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedded.deploy import DeployedStack, DeployError, create_stack
+from embedded.gaps import Clients
+from embedded.runtime import RuntimeConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = PROJECT_ROOT / "templates" / "template.yaml"
+STACK_NAME = "itsacat"
+_STATE = "stack.json"
+_READY_TIMEOUT_S = 60.0
+
+# Template output -> environment variable of `itsacat env` (and the functions' own names).
+_OUTPUT_ENV = {
+    "BucketName": "ITSACAT_BUCKET",
+    "RunsTableName": "RUNS_TABLE",
+    "WeightsTableName": "WEIGHTS_TABLE",
+    "CostsTableName": "COSTS_TABLE",
+    "IdempotencyTableName": "IDEMPOTENCY_TABLE",
+    "TopicArn": "TOPIC_ARN",
+    "LaunchFunctionName": "LAUNCH_FUNCTION",
+    "TrainerFunctionName": "TRAINER_FUNCTION",
+    "NeuronFunctionName": "NEURON_FUNCTION",
+    "WatchdogFunctionName": "WATCHDOG_FUNCTION",
+}
+
+
+class StackError(Exception):
+    """The stack could not be started or stopped; the message says why in one line."""
+
+
+class AlreadyRunning(StackError):
+    def __init__(self, info: StackInfo) -> None:
+        super().__init__(f"the embedded stack is already running (emulator {info.emulator_url})")
+        self.info = info
+
+
+@dataclass
+class StackInfo:
+    """A running (or recorded) embedded stack."""
+
+    home: str
+    stack_name: str
+    emulator_url: str
+    lambda_url: str
+    emulator_pid: int
+    runtime_pid: int
+    started_at: float
+    config: dict[str, Any]
+    outputs: dict[str, str]
+    stacks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bucket(self) -> str:
+        return self.outputs["BucketName"]
+
+    def env(self) -> dict[str, str]:
+        """The environment that points boto3 and the AWS CLI at this stack."""
+        env = {
+            "AWS_ENDPOINT_URL": self.emulator_url,
+            "AWS_ENDPOINT_URL_LAMBDA": self.lambda_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+        for output, name in _OUTPUT_ENV.items():
+            if output in self.outputs:
+                env[name] = self.outputs[output]
+        return env
+
+    def processes(self) -> dict[str, bool]:
+        """Which of the stack's processes are alive."""
+        return {
+            "emulator": _is_ours(self.emulator_pid, "embedded.emulator", self.home),
+            "runtime": _is_ours(self.runtime_pid, "embedded.runtime", self.home),
+        }
+
+    @property
+    def running(self) -> bool:
+        return all(self.processes().values())
+
+    def stats(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The runtime's counters (`GET /itsacat/stats`)."""
+        with urllib.request.urlopen(f"{self.lambda_url}/itsacat/stats", timeout=timeout_s) as r:
+            data: dict[str, Any] = json.load(r)
+            return data
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ITSACAT_HOME") or Path.home() / ".itsacat")
+
+
+def info(home: Path | None = None) -> StackInfo | None:
+    """The recorded stack in `home`, or None when none was started there."""
+    path = (home or default_home()) / _STATE
+    try:
+        return StackInfo(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as e:
+        raise StackError(f"{path} is damaged ({e}); remove it after checking nothing runs") from e
+
+
+def _is_ours(pid: int, module: str, home: str) -> bool:
+    """Is `pid` alive and still the process we started (not a recycled id)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    except OSError:
+        return False
+    if b"-m" not in cmdline or module.encode() not in cmdline:
+        return False
+    if not any(home.encode() in arg for arg in cmdline):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # zombies are dead
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _spawn(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    env["AWS_DEFAULT_REGION"] = "us-east-1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(PROJECT_ROOT),
+            env=env,
+            start_new_session=True,  # not killed by the terminal's Ctrl-C
+        )
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path, what: str) -> int:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not ready.exists():
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise StackError(f"the {what} exited during start-up: {tail[0]} (see {log})")
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"the {what} did not start within {_READY_TIMEOUT_S:.0f} s (see {log})"
+            )
+        time.sleep(0.05)
+    port: int = json.loads(ready.read_text())["port"]
+    return port
+
+
+def start(
+    home: Path | None = None,
+    *,
+    port: int | None = None,
+    lambda_port: int | None = None,
+    workers: int = 4,
+    stack_name: str = STACK_NAME,
+    template: Path = TEMPLATE,
+    extra_templates: Sequence[tuple[str, Path]] = (),
+    parameters: dict[str, str] | None = None,
+    config: RuntimeConfig | None = None,
+) -> StackInfo:
+    """Start the embedded stack in the background and return once it answers.
+
+    `extra_templates` are further (stack name, template) pairs created beside the main one
+    and served by the same runtime (tests use it for test-only functions).
+    Raises AlreadyRunning if a stack runs in `home`, StackError if anything fails (and then
+    leaves nothing running).
+    """
+    home = (home or default_home()).resolve()
+    config = config or RuntimeConfig(workers=workers)
+    with _locked(home):
+        existing = info(home)
+        if existing is not None:
+            if existing.running:
+                raise AlreadyRunning(existing)
+            _stop_processes(existing)  # a stack that half died: clear it away first
+        logs = home / "logs"
+        logs.mkdir(exist_ok=True)
+        for stale in ("emulator.ready", "runtime.ready", "runtime.json", _STATE):
+            (home / stale).unlink(missing_ok=True)
+        started: list[subprocess.Popen[bytes]] = []
+        try:
+            emulator = _spawn(
+                "embedded.emulator",
+                ["--port", str(port or 0), "--ready-file", str(home / "emulator.ready")],
+                logs / "emulator.log",
+            )
+            started.append(emulator)
+            emulator_port = _wait_ready(
+                emulator, home / "emulator.ready", logs / "emulator.log", "emulator"
+            )
+            emulator_url = f"http://127.0.0.1:{emulator_port}"
+            clients = Clients(emulator_url)
+            stacks: list[DeployedStack] = []
+            for name, path in [(stack_name, template), *extra_templates]:
+                stacks.append(
+                    create_stack(
+                        clients, name, Path(path), parameters if name == stack_name else None
+                    )
+                )
+            (home / "runtime.json").write_text(
+                json.dumps(
+                    {
+                        "emulator_url": emulator_url,
+                        "config": config.to_json(),
+                        "stacks": [s.to_json() for s in stacks],
+                    },
+                    indent=1,
+                )
+            )
+            runtime_args = ["--home", str(home), "--port", str(lambda_port or 0)]
+            runtime = _spawn("embedded.runtime", runtime_args, logs / "runtime.log")
+            started.append(runtime)
+            runtime_port = _wait_ready(
+                runtime, home / "runtime.ready", logs / "runtime.log", "runtime"
+            )
+        except (StackError, DeployError, OSError) as e:
+            _kill(started)
+            raise StackError(str(e)) from e
+        except BaseException:
+            _kill(started)
+            raise
+        result = StackInfo(
+            home=str(home),
+            stack_name=stack_name,
+            emulator_url=emulator_url,
+            lambda_url=f"http://127.0.0.1:{runtime_port}",
+            emulator_pid=emulator.pid,
+            runtime_pid=runtime.pid,
+            started_at=time.time(),
+            config=config.to_json(),
+            outputs=stacks[0].outputs,
+            stacks=[
+                {"name": s.name, "template": s.template_path, "not_emulated": s.not_emulated}
+                for s in stacks
+            ],
+        )
+        state = home / _STATE
+        state.with_suffix(".tmp").write_text(json.dumps(asdict(result), indent=1))
+        state.with_suffix(".tmp").replace(state)
+        return result
+
+
+def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _terminate(pid: int, module: str, home: str, timeout_s: float = 10.0) -> None:
+    if not _is_ours(pid, module, home):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _is_ours(pid, module, home):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline += timeout_s
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if we are its parent (tests start it in-process)
+
+
+def _stop_processes(stack: StackInfo) -> None:
+    # The runtime first: it stops its workers and flushes the logs into the emulator.
+    _terminate(stack.runtime_pid, "embedded.runtime", stack.home)
+    # Its workers share its process group (start_new_session made the runtime the leader);
+    # any left over, e.g. after the runtime was killed, goes with the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(stack.runtime_pid, signal.SIGKILL)
+    _terminate(stack.emulator_pid, "embedded.emulator", stack.home)
+
+
+def stop(home: Path | None = None) -> StackInfo | None:
+    """Stop the stack recorded in `home`; returns what was stopped, None if nothing was."""
+    home = (home or default_home()).resolve()
+    with _locked(home):
+        existing = info(home)
+        if existing is None:
+            return None
+        _stop_processes(existing)
+        for name in ("emulator.ready", "runtime.ready", "runtime.json", _STATE):
+            (home / name).unlink(missing_ok=True)
+        return existing

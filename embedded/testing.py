@@ -1,0 +1,58 @@
+"""Helpers for tests that need a real embedded stack (and the fixtures in tests/conftest.py).
+
+A stack takes a few seconds to start, so test sessions share one (`embedded_stack`) and
+tests isolate themselves by run id or object key, as concurrent runs do, not by
+restarting the stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from embedded.runtime import RuntimeConfig
+from embedded.stack import StackInfo, start, stop
+
+# Quick retries, and schedules well apart so they do not interfere with tests.
+TEST_CONFIG = RuntimeConfig(workers=4, retry_delays_s=(0.05, 0.1), schedule_scale=1 / 6)
+
+
+@contextlib.contextmanager
+def running_stack(
+    home: Path,
+    *,
+    extra_templates: Sequence[tuple[str, Path]] = (),
+    config: RuntimeConfig = TEST_CONFIG,
+) -> Iterator[StackInfo]:
+    """A stack on free ports in `home`, stopped (all of its processes) on exit."""
+    info = start(home, extra_templates=extra_templates, config=config)
+    try:
+        yield info
+    finally:
+        stop(home)
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.05
+) -> Any:
+    """Poll `condition` until it returns something truthy; raise AssertionError on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+def stats(info: StackInfo) -> dict[str, Any]:
+    """The runtime's counters."""
+    with urllib.request.urlopen(f"{info.lambda_url}/itsacat/stats", timeout=5) as response:
+        data: dict[str, Any] = json.load(response)
+        return data

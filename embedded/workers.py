@@ -1,0 +1,232 @@
+"""Warm worker processes, one pool per function: where handlers actually run.
+
+Lambda keeps an execution environment warm between invocations: the handler module is
+imported once, and module-level state (clients, cached training data) survives. A worker
+here is that environment: a child process (`embedded.bootstrap`) that imports the handler
+once and then serves one invocation at a time over a pipe. A pool grows on demand up to its
+size, hands out the most recently used idle worker first (its caches are hottest), and
+replaces a worker that timed out or died. A worker whose pipe closes exits on its own, so
+none outlives the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from embedded.functions import FunctionSpec
+from embedded.logsink import LogSink, stream_name
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerTimedOut(Exception):
+    """The handler ran past the function's timeout; the worker was killed."""
+
+
+class WorkerDied(Exception):
+    """The worker process exited in the middle of an invocation."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    ok: bool
+    payload: bytes
+    duration_ms: float
+
+
+def worker_environment(
+    spec: FunctionSpec, stream: str, endpoints: dict[str, str]
+) -> dict[str, str]:
+    """The environment of a worker: the function's own variables and what Lambda adds."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "TZ": ":UTC",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *spec.code_dirs]),
+        "LAMBDA_TASK_ROOT": spec.code_dirs[0] if spec.code_dirs else str(PROJECT_ROOT),
+        "_HANDLER": spec.handler,
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": spec.log_group,
+        "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        **endpoints,
+    }
+    # BLAS thread counts are a property of the machine, not of the function: pass them on.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(spec.environment)
+    return env
+
+
+class Worker:
+    """One warm worker process and the pipes to it."""
+
+    def __init__(self, spec: FunctionSpec, endpoints: dict[str, str], sink: LogSink) -> None:
+        self.spec = spec
+        self.stream = stream_name()
+        request_read, request_write = os.pipe()
+        response_read, response_write = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "embedded.bootstrap",
+                    str(request_read),
+                    str(response_write),
+                ],
+                pass_fds=(request_read, response_write),
+                env=worker_environment(spec, self.stream, endpoints),
+                cwd=spec.code_dirs[0] if spec.code_dirs else str(PROJECT_ROOT),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            for fd in (request_read, request_write, response_read, response_write):
+                os.close(fd)
+            raise
+        os.close(request_read)
+        os.close(response_write)
+        self._requests = Connection(request_write, readable=False)
+        self._responses = Connection(response_read, writable=False)
+        self._closed = False
+        self._reader = threading.Thread(
+            target=self._forward_output, args=(sink,), name=f"log-{spec.name}", daemon=True
+        )
+        self._reader.start()
+
+    def _forward_output(self, sink: LogSink) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            sink.emit(self.spec.log_group, self.stream, raw.decode(errors="replace").rstrip("\n"))
+
+    def call(self, request: dict[str, Any], timeout_s: float) -> WorkerResult:
+        """Run one invocation; raises WorkerTimedOut or WorkerDied."""
+        try:
+            self._requests.send(request)
+            if not self._responses.poll(max(timeout_s, 0.0)):
+                self.kill()
+                raise WorkerTimedOut()
+            response = self._responses.recv()
+        except (EOFError, OSError):
+            raise WorkerDied(self._exit_status()) from None
+        return WorkerResult(response["ok"], response["payload"], response["duration_ms"])
+
+    def _exit_status(self) -> str:
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "signal: killed"
+        if code < 0:
+            return f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
+        return f"exit status {code}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self._closed:
+            return
+        self._closed = True
+        for connection in (self._requests, self._responses):
+            connection.close()
+        self._reader.join(timeout=1)  # lets the last lines reach the sink
+
+
+class WorkerPool:
+    """Up to `size` warm workers of one function."""
+
+    def __init__(
+        self, spec: FunctionSpec, size: int, endpoints: dict[str, str], sink: LogSink
+    ) -> None:
+        self.spec = spec
+        self.size = max(1, size)
+        self.endpoints = endpoints
+        self.sink = sink
+        self._idle: list[Worker] = []
+        self._all: set[Worker] = set()
+        self._count = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self.spawned = 0
+
+    @property
+    def workers(self) -> int:
+        return self._count
+
+    def acquire(self, wait_s: float) -> Worker | None:
+        """An idle worker, a new one if the pool may grow, or None after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.alive:
+                        return worker
+                    self._count -= 1
+                if self._count < self.size:
+                    self._count += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+        try:
+            worker = Worker(self.spec, self.endpoints, self.sink)
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._all.add(worker)
+        self.spawned += 1
+        return worker
+
+    def release(self, worker: Worker, healthy: bool = True) -> None:
+        with self._cond:
+            if healthy and worker.alive and not self._closed:
+                self._idle.append(worker)
+            else:
+                self._count -= 1
+                self._all.discard(worker)
+                worker.kill()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Kill every worker, busy ones included (their callers see them die)."""
+        with self._cond:
+            self._closed = True
+            workers, self._all, self._idle = list(self._all), set(), []
+            self._cond.notify_all()
+        for worker in workers:
+            worker.kill()

@@ -1,0 +1,224 @@
+"""`itsacat up`, `down`, `status` and `env`: the embedded stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from itsacat.errors import UserError
+
+_HOME_HELP = "state directory of the stack (default: $ITSACAT_HOME or ~/.itsacat)"
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser(
+        "up",
+        help="start the embedded AWS stack in the background",
+        description=(
+            "Start the embedded stack: an AWS emulator (moto) on 127.0.0.1 holding the resources "
+            "of templates/template.yaml, and a local Lambda runtime that runs the template's "
+            "functions in warm worker processes, feeds S3 uploads under training_input/ to the "
+            "launch function, fires the watchdog schedule and ships function logs to CloudWatch "
+            'Logs. Returns once everything answers. Then: eval "$(itsacat env)".'
+        ),
+    )
+    up.add_argument("--port", type=int, help="emulator port (default: a free one)")
+    up.add_argument(
+        "--lambda-port", type=int, help="local Lambda Invoke API port (default: a free one)"
+    )
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="warm worker processes per function, at most (default: 4)",
+    )
+    up.add_argument(
+        "--schedule-scale",
+        type=float,
+        default=1 / 6,
+        help="scheduled rules fire at their rate times this factor "
+        "(default 1/6: rate(1 minute) every 10 s; 0 turns schedules off)",
+    )
+    up.add_argument("--email", default="", help="e-mail subscription for the notification topic")
+    up.add_argument("--home", type=Path, help=_HOME_HELP)
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser(
+        "down",
+        help="stop the embedded stack",
+        description="Stop the processes `itsacat up` started (by their recorded ids). "
+        "The emulator's data is lost; logs stay in <home>/logs.",
+    )
+    down.add_argument("--home", type=Path, help=_HOME_HELP)
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser(
+        "status",
+        help="show the embedded stack (exit status 1 if it is not running)",
+        description="Show the embedded stack's endpoints, processes, resources and invocation "
+        "counters. Exits 1 when it is not running.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--home", type=Path, help=_HOME_HELP)
+    status.set_defaults(func=cmd_status)
+
+    env = sub.add_parser(
+        "env",
+        help="print shell exports that point the AWS CLI and boto3 at the stack",
+        description='Print `export` lines for the running stack; use as: eval "$(itsacat env)". '
+        "Sets AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_LAMBDA, the region, dummy credentials, "
+        "ITSACAT_BUCKET, the table names and the topic ARN.",
+    )
+    env.add_argument("--home", type=Path, help=_HOME_HELP)
+    env.set_defaults(func=cmd_env)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from embedded.runtime import RuntimeConfig
+    from embedded.stack import AlreadyRunning, StackError, start
+
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if args.schedule_scale < 0:
+        raise UserError("--schedule-scale must not be negative")
+    config = RuntimeConfig(workers=args.workers, schedule_scale=args.schedule_scale)
+    parameters = {"NotificationEmail": args.email} if args.email else None
+    began = time.monotonic()
+    try:
+        info = start(
+            args.home,
+            port=args.port,
+            lambda_port=args.lambda_port,
+            config=config,
+            parameters=parameters,
+        )
+    except AlreadyRunning as e:
+        print(f"itsacat: {e}; `itsacat status` shows it, `itsacat down` stops it")
+        return 0
+    except StackError as e:
+        raise UserError(str(e)) from e
+    print(f"embedded stack `{info.stack_name}` is up ({time.monotonic() - began:.1f} s)")
+    _describe(info)
+    print('\nNext: eval "$(itsacat env)"   then e.g.  aws s3 ls s3://$ITSACAT_BUCKET')
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from embedded.stack import StackError, stop
+
+    try:
+        stopped = stop(args.home)
+    except StackError as e:
+        raise UserError(str(e)) from e
+    if stopped is None:
+        print("itsacat: nothing is running")
+    else:
+        print(
+            f"stopped the embedded stack (runtime pid {stopped.runtime_pid}, "
+            f"emulator pid {stopped.emulator_pid})"
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from embedded.stack import StackError, info
+
+    try:
+        stack = info(args.home)
+    except StackError as e:
+        raise UserError(str(e)) from e
+    if stack is None:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print("itsacat: the embedded stack is not running (start it with `itsacat up`)")
+        return 1
+    processes = stack.processes()
+    running = all(processes.values())
+    stats: dict[str, Any] | None = None
+    if processes["runtime"]:
+        try:
+            stats = stack.stats()
+        except OSError:
+            stats = None
+    if args.json:
+        print(
+            json.dumps(
+                {"running": running, "processes": processes, "env": stack.env(), "stats": stats}
+            )
+        )
+        return 0 if running else 1
+    state = "running" if running else "NOT running properly"
+    print(f"embedded stack `{stack.stack_name}`: {state}")
+    _describe(stack, processes)
+    if stats:
+        print("\ninvocations (requests / handler runs / errors / retries, warm workers):")
+        for name, counters in stats["functions"].items():
+            print(
+                f"  {name:<32} {counters['requests']:>6} {counters['executions']:>6} "
+                f"{counters['errors']:>6} {counters['retries']:>6}   {counters['workers']} warm"
+            )
+        relay = stats.get("relay", {})
+        delivered, failed = relay.get("delivered", 0), relay.get("failed", 0)
+        print(f"\nS3 notifications delivered: {delivered}, failed: {failed}")
+    if not running:
+        print("\nA process died; `itsacat down` clears it away, `itsacat up` starts afresh.")
+    return 0 if running else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from embedded.stack import StackError, info
+
+    try:
+        stack = info(args.home)
+    except StackError as e:
+        raise UserError(str(e)) from e
+    if stack is None or not stack.running:
+        raise UserError("the embedded stack is not running; start it with `itsacat up`")
+    print("unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN")
+    for name, value in stack.env().items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
+    processes = processes or {"emulator": True, "runtime": True}
+
+    def alive(name: str) -> str:
+        return "" if processes[name] else "  DEAD"
+
+    outputs = info.outputs
+    functions = ", ".join(
+        outputs[k]
+        for k in (
+            "LaunchFunctionName",
+            "TrainerFunctionName",
+            "NeuronFunctionName",
+            "WatchdogFunctionName",
+        )
+        if k in outputs
+    )
+    tables = ", ".join(
+        outputs[k]
+        for k in ("RunsTableName", "WeightsTableName", "CostsTableName", "IdempotencyTableName")
+        if k in outputs
+    )
+    rows = [
+        ("emulator", f"{info.emulator_url}  (pid {info.emulator_pid}){alive('emulator')}"),
+        (
+            "lambda",
+            f"{info.lambda_url}  (pid {info.runtime_pid}, up to {info.config.get('workers')} "
+            f"warm workers per function){alive('runtime')}",
+        ),
+        ("bucket", outputs.get("BucketName", "?")),
+        ("tables", tables),
+        ("topic", outputs.get("TopicArn", "?")),
+        ("functions", functions),
+        ("state", f"{info.home}  (logs in {info.home}/logs)"),
+    ]
+    for label, value in rows:
+        print(f"  {label:<10} {value}")

@@ -1,0 +1,120 @@
+"""`itsacat train`: upload a dataset into the bucket's training_input/ and follow the run."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from itsacat import target
+from itsacat.errors import UserError
+from itsacat.inputs import load_params
+from itsacat.runview import Runs
+from state.errors import StateError
+from state.objects import ObjectStore
+from trainer_lambdas import datasets
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="upload a dataset and train it on the stack",
+        description=(
+            "Upload DATASET (and its parameters) under training_input/ in the bucket, exactly "
+            "as a user dropping the file into S3 would; the upload starts the run. Starts the "
+            "embedded stack first if it is not running. Prints the run id; with --wait follows "
+            "the run with a progress bar until it ends."
+        ),
+    )
+    p.add_argument("dataset", help="a datasets.h5 file")
+    p.add_argument("--params", metavar="FILE", help="parameters.json (default: the shipped one)")
+    p.add_argument("--epochs", type=int, metavar="N", help="override the number of epochs")
+    p.add_argument("--fanout", type=int, metavar="K", help="neurons per invocation (default 1)")
+    p.add_argument("--commit-every", type=int, metavar="N", help="commit every N steps")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --wait: print one JSON object with the outcome on stdout",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params, epochs=args.epochs)
+    overrides = {"fanout": args.fanout, "commit_every": args.commit_every}
+    if any(v is not None for v in overrides.values()):
+        from trainer_lambdas.nn import params as params_mod
+
+        d = params.to_json()
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            params = params_mod.parse(d)
+        except params_mod.ParameterError as e:
+            raise UserError(str(e)) from e
+    path = Path(args.dataset)
+    try:
+        datasets.load(path)  # the launch validates too; this fails faster and locally
+    except datasets.DatasetError as e:
+        raise UserError(str(e)) from e
+    env = target.connect(start=True)
+    objects = ObjectStore(env["ITSACAT_BUCKET"])
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**6:06d}"
+    folder = f"training_input/{path.stem}-{stamp}"
+    key = f"{folder}/{path.name if path.suffix == '.h5' else path.stem + '.h5'}"
+    try:
+        objects.put(
+            f"{folder}/parameters.json", json.dumps(params.to_json()).encode(), "application/json"
+        )
+        objects.put(key, path.read_bytes())
+    except (StateError, OSError) as e:
+        raise UserError(f"upload failed: {e}") from e
+    runs = Runs(env)
+    run_id = runs.find_by_key(key, timeout_s=60)
+    print(f"run {run_id} started from s3://{env['ITSACAT_BUCKET']}/{key}", file=sys.stderr)
+    if not args.wait:
+        print(run_id)
+        return 0
+    final = runs.wait(run_id, show=True)
+    summary = runs.summary(run_id)
+    if args.json:
+        keys = (
+            "run_id",
+            "status",
+            "error",
+            "epochs",
+            "costs",
+            "final_cost",
+            "train_accuracy",
+            "test_accuracy",
+            "model_uri",
+            "seconds",
+        )
+        json.dump({k: summary[k] for k in keys}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(describe(summary))
+    return 0 if final.status == "SUCCEEDED" else 1
+
+
+def describe(s: dict) -> str:
+    """A run summary as a few readable lines."""
+    lines = [f"run {s['run_id']}: {s['status']}"]
+    if s.get("error"):
+        lines.append(f"  error: {s['error']}")
+    if s.get("final_cost") is not None:
+        lines.append(f"  epochs {s['epochs']}, final cost {s['final_cost']:.6f}")
+    if s.get("train_accuracy") is not None:
+        test = s.get("test_accuracy")
+        lines.append(
+            f"  train accuracy {s['train_accuracy']:.4f}, test accuracy "
+            + ("n/a" if test is None else f"{test:.4f}")
+        )
+    if s.get("seconds") is not None:
+        lines.append(f"  wall time {s['seconds']:.1f} s")
+    if s.get("model_uri"):
+        lines.append(f"  model {s['model_uri']}")
+    c = s.get("counters") or {}
+    if c:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Reading runs for people: summaries, listings and a live wait with a progress bar."""
+
+import time
+from typing import Any
+
+from itsacat.errors import UserError
+from itsacat.progress import Progress
+from state.costs import CostStore
+from state.errors import NotFound, StateError
+from state.runs import ACTIVE, COUNTERS, Run, RunStore
+
+FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class Runs:
+    """The runs and costs tables of the current target."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.runs = RunStore(env["RUNS_TABLE"])
+        self.costs = CostStore(env["COSTS_TABLE"])
+
+    def get(self, run_id: str) -> Run:
+        try:
+            return self.runs.get(run_id)
+        except NotFound as e:
+            raise UserError(f"no run {run_id!r} (see `itsacat runs`)") from e
+        except StateError as e:
+            raise UserError(str(e)) from e
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """The fields of `itsacat train --json` and `itsacat runs show --json`."""
+        run = self.get(run_id)
+        costs = self.costs.list(run_id)
+        return {
+            "run_id": run_id,
+            "status": run.status,
+            "error": run.get("error"),
+            "epochs": int(run.get("epochs_done", 0)),
+            "costs": costs,
+            "final_cost": costs[-1] if costs else None,
+            "train_accuracy": run.get("train_accuracy"),
+            "test_accuracy": run.get("test_accuracy"),
+            "model_uri": run.get("model_uri"),
+            "seconds": run.get("seconds"),
+            "dataset": run.get("dataset"),
+            "parameters": run.get("params"),
+            "created": run.get("created"),
+            "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
+        }
+
+    def listing(self) -> list[dict[str, Any]]:
+        try:
+            runs = self.runs.all()
+        except StateError as e:
+            raise UserError(str(e)) from e
+        return [
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "error": r.get("error"),
+                "dataset": (r.get("dataset") or {}).get("key"),
+                "created": r.get("created"),
+                "epochs_done": int(r.get("epochs_done", 0)),
+                "epochs": int((r.get("params") or {}).get("epochs", 0)),
+                "final_cost": r.get("final_cost", r.get("last_cost")),
+                "test_accuracy": r.get("test_accuracy"),
+            }
+            for r in runs
+        ]
+
+    def find_by_key(self, key: str, timeout_s: float) -> str:
+        """The run started by the upload at `key` (waits for the launch to record it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for r in self.runs.all():
+                if (r.get("dataset") or {}).get("key") == key:
+                    return str(r.run_id)
+            time.sleep(0.3)
+        raise UserError(
+            f"no run appeared for s3 key {key} within {timeout_s:.0f} s: is the stack's "
+            "launch function running? (`itsacat status`, `itsacat logs launch`)"
+        )
+
+    def wait(self, run_id: str, show: bool = True, poll_s: float = 0.5) -> Run:
+        """Poll until the run ends, with a progress bar (epoch, cost, ETA) on stderr."""
+        run = self.get(run_id)
+        total = int((run.get("params") or {}).get("epochs", 1)) if run.get("params") else 1
+        bar = Progress(total) if show else None
+        try:
+            while True:
+                run = self.get(run_id)
+                if run.get("params") and bar is not None:
+                    bar.total = int(run.params["epochs"])
+                    fields: dict[str, Any] = {"status": run.status}
+                    if run.get("last_cost") is not None:
+                        fields["cost"] = float(run.last_cost)
+                    fields["invocations"] = int(run.get("invocations", 0))
+                    fails = sum(int(run.get(k, 0)) for k in ("retries", "throttles", "duplicates"))
+                    fields["absorbed"] = fails
+                    bar.update(int(run.get("epochs_done", 0)), **fields)
+                if run.status not in ACTIVE:
+                    return run
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
