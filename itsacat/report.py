@@ -27,11 +27,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from itsacat.errors import UserError
+from itsacat.runview import summarize
 from state.costs import CostStore
 from state.errors import NotFound, StateError
 from state.models import DEFAULT_CLASSES, LoadedModel, ModelNotFound, ModelStore, ModelStoreError
 from state.objects import ObjectStore
-from state.runs import ACTIVE, COUNTERS, SUCCEEDED, Run, RunStore
+from state.runs import ACTIVE, SUCCEEDED, Run, RunStore
 from trainer_lambdas.nn.network import predict_proba
 from trainer_lambdas.nn.preprocess import flatten_images
 
@@ -83,26 +84,6 @@ class ReportInputs:
     test_x: np.ndarray | None  # (m, h, w, 3) uint8, or None when the run had no test set
     test_y: np.ndarray | None  # (m,) labels 0/1
     classes: tuple[str, str]
-
-
-def summarize(run: Run, costs: Sequence[float]) -> dict[str, Any]:
-    """A run as the dict of `itsacat runs show --json` (the keys of `Runs.summary`)."""
-    return {
-        "run_id": run.run_id,
-        "status": run.status,
-        "error": run.get("error"),
-        "epochs": int(run.get("epochs_done", 0)),
-        "costs": list(costs),
-        "final_cost": costs[-1] if costs else None,
-        "train_accuracy": run.get("train_accuracy"),
-        "test_accuracy": run.get("test_accuracy"),
-        "model_uri": run.get("model_uri"),
-        "seconds": run.get("seconds"),
-        "dataset": run.get("dataset"),
-        "parameters": run.get("params"),
-        "created": run.get("created"),
-        "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
-    }
 
 
 def gather(run_id: str, sources: Sources) -> ReportInputs:

@@ -1,6 +1,7 @@
 """Reading runs for people: summaries, listings and a live wait with a progress bar."""
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from itsacat.errors import UserError
@@ -10,6 +11,26 @@ from state.errors import NotFound, StateError
 from state.runs import ACTIVE, COUNTERS, Run, RunStore
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def summarize(run: Run, costs: Sequence[float]) -> dict[str, Any]:
+    """A run as the dict of `itsacat runs show --json`."""
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "error": run.get("error"),
+        "epochs": int(run.get("epochs_done", 0)),
+        "costs": list(costs),
+        "final_cost": costs[-1] if costs else None,
+        "train_accuracy": run.get("train_accuracy"),
+        "test_accuracy": run.get("test_accuracy"),
+        "model_uri": run.get("model_uri"),
+        "seconds": run.get("seconds"),
+        "dataset": run.get("dataset"),
+        "parameters": run.get("params"),
+        "created": run.get("created"),
+        "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
+    }
 
 
 class Runs:
@@ -29,24 +50,7 @@ class Runs:
 
     def summary(self, run_id: str) -> dict[str, Any]:
         """The fields of `itsacat train --json` and `itsacat runs show --json`."""
-        run = self.get(run_id)
-        costs = self.costs.list(run_id)
-        return {
-            "run_id": run_id,
-            "status": run.status,
-            "error": run.get("error"),
-            "epochs": int(run.get("epochs_done", 0)),
-            "costs": costs,
-            "final_cost": costs[-1] if costs else None,
-            "train_accuracy": run.get("train_accuracy"),
-            "test_accuracy": run.get("test_accuracy"),
-            "model_uri": run.get("model_uri"),
-            "seconds": run.get("seconds"),
-            "dataset": run.get("dataset"),
-            "parameters": run.get("params"),
-            "created": run.get("created"),
-            "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
-        }
+        return summarize(self.get(run_id), self.costs.list(run_id))
 
     def listing(self) -> list[dict[str, Any]]:
         try:
