@@ -114,7 +114,12 @@ def load_topology(clients: Any, stacks: list[DeployedStack]) -> Topology:
                 handler=config["Handler"],
                 timeout_s=int(config.get("Timeout", 3)),
                 memory_mb=int(config.get("MemorySize", 128)),
-                environment=dict(config.get("Environment", {}).get("Variables", {})),
+                # Lambda's environment values are strings; moto leaves a resolved Number
+                # parameter as an int, which a process environment would refuse.
+                environment={
+                    k: str(v)
+                    for k, v in config.get("Environment", {}).get("Variables", {}).items()
+                },
                 code_dirs=tuple(stack.code_dirs.get(name, ())),
                 **_invoke_config(lam, name),
             )

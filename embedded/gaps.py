@@ -2,7 +2,7 @@
 
 moto creates most of the template but silently skips some resource types
 (`AWS::SQS::QueuePolicy`, `AWS::Lambda::EventInvokeConfig`, `AWS::SNS::Subscription`) and
-ignores a bucket's `NotificationConfiguration` and a table's `TimeToLiveSpecification`.
+ignores a bucket's `NotificationConfiguration` and `VersioningConfiguration` and a table's `TimeToLiveSpecification`.
 Without them the local stack would not deliver S3 notifications or send failed asynchronous
 invocations anywhere, so they are
 applied here, from the same translated template, with the intrinsic functions they use
@@ -287,12 +287,18 @@ def apply(clients: Clients, ctx: Context) -> list[str]:
                     "Enabled": str(spec.get("Enabled", True)).lower() == "true",
                 },
             )
-        elif kind == "AWS::S3::Bucket" and "NotificationConfiguration" in properties:
-            request = bucket_notification_request(
-                ctx.resolve(properties["NotificationConfiguration"])
-            )
-            clients.client("s3").put_bucket_notification_configuration(
-                Bucket=ctx.resources[logical_id]["physical_id"],
-                NotificationConfiguration=request,
-            )
+        elif kind == "AWS::S3::Bucket":
+            bucket = ctx.resources[logical_id]["physical_id"]
+            if "VersioningConfiguration" in properties:
+                status = ctx.resolve(properties["VersioningConfiguration"])["Status"]
+                clients.client("s3").put_bucket_versioning(
+                    Bucket=bucket, VersioningConfiguration={"Status": status}
+                )
+            if "NotificationConfiguration" in properties:
+                request = bucket_notification_request(
+                    ctx.resolve(properties["NotificationConfiguration"])
+                )
+                clients.client("s3").put_bucket_notification_configuration(
+                    Bucket=bucket, NotificationConfiguration=request
+                )
     return not_emulated

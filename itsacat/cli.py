@@ -6,6 +6,7 @@ Each command module exposes `register(subparsers)`, which adds its subparser and
 
 import argparse
 import importlib
+import signal
 import sys
 
 from itsacat.errors import UserError
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `itsacat ... | head` should end quietly, as other command-line tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
