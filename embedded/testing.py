@@ -28,9 +28,10 @@ def running_stack(
     *,
     extra_templates: Sequence[tuple[str, Path]] = (),
     config: RuntimeConfig = TEST_CONFIG,
+    parameters: dict[str, str] | None = None,
 ) -> Iterator[StackInfo]:
     """A stack on free ports in `home`, stopped (all of its processes) on exit."""
-    info = start(home, extra_templates=extra_templates, config=config)
+    info = start(home, extra_templates=extra_templates, config=config, parameters=parameters)
     try:
         yield info
     finally:

@@ -289,6 +289,17 @@ class RunStore:
             },
         )
 
+    def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> None:
+        """Extend our lease; `Conflict` if it is no longer ours (taken over or cancelled)."""
+        now = time.time()
+        self._update(
+            run_id,
+            "heartbeat",
+            set_={"lease_until": now + lease_seconds, "heartbeat": now},
+            condition="#st = :training AND lease_owner = :me",
+            values={"#st": "status", ":training": TRAINING, ":me": owner},
+        )
+
     def release(self, run_id: str, owner: str, error: str) -> None:
         """Give up our lease after an error, noting it; a no-op if the lease is not ours."""
         with contextlib.suppress(Conflict):

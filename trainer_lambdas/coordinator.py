@@ -8,6 +8,7 @@ is deterministic, so whoever recomputes a step computes the same numbers.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from trainer_lambdas.plan import plan
 
 log = logging.getLogger("itsacat.trainer")
 
-# Hand over when less than this is left, plus a few times the slowest step and commit.
+# Hand over when less than this is left, plus a few times the slowest step and commit
+# seen so far in this invocation.
 MIN_MARGIN_SECONDS = 1.5
 
 
@@ -46,6 +48,37 @@ class Stores:
     models: ModelStore
     notifier: Notifier
     functions: Functions
+
+
+class Heartbeat:
+    """Keeps the lease alive from a background thread while the trainer works.
+
+    A live trainer never loses its run because one step was slow (a cold start, a long
+    fan-out); a dead one stops heartbeating and the watchdog takes the run over. Losing
+    the lease (cancelled, taken over) is noticed at the next conditional commit.
+    """
+
+    def __init__(self, runs: RunStore, run_id: str, owner: str, lease_seconds: float) -> None:
+        self.runs, self.run_id, self.owner, self.lease = runs, run_id, owner, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                self.runs.heartbeat(self.run_id, self.owner, self.lease)
+            except Conflict:
+                return  # no longer ours: the next commit will say so and stop the trainer
+            except Exception:  # a failed heartbeat is retried at the next beat
+                log.warning("heartbeat failed", extra={"run_id": self.run_id}, exc_info=True)
 
 
 @dataclass
@@ -87,7 +120,8 @@ class Coordinator:
             extra={"run_id": run_id, "reason": event.reason, "cursor": run.cursor},
         )
         try:
-            return self._train(run, owner, remaining_ms)
+            with Heartbeat(self.s.runs, run_id, owner, self.cfg.lease_seconds):
+                return self._train(run, owner, remaining_ms)
         except Exception as e:
             self._release_after_error(run_id, owner, e)
             raise
@@ -116,9 +150,10 @@ class Coordinator:
             and st.partial_n == 0
         )
         last_commit = time.monotonic()
-        slowest = 0.0
+        slowest_step = slowest_commit = 0.0
         while st.cursor < total and not st.stop:
-            if remaining_ms() / 1000 < MIN_MARGIN_SECONDS + 3 * slowest:
+            margin = MIN_MARGIN_SECONDS + 3 * slowest_step + 2 * slowest_commit
+            if remaining_ms() / 1000 < margin:
                 return self._hand_over(run_id, owner, st, p.neurons)
             t0 = time.monotonic()
             epoch, batch = divmod(st.cursor, spe)
@@ -157,7 +192,8 @@ class Coordinator:
                 if not self._commit(run_id, owner, st, p.neurons):
                     return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
                 last_commit = time.monotonic()
-            slowest = max(slowest, time.monotonic() - t0)
+                slowest_commit = max(slowest_commit, last_commit - now)
+            slowest_step = max(slowest_step, now - t0)
         return self._finish(run, owner, st, p, data)
 
     def _commit(
