@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint types cfn-lint demo bench slow clean
+.PHONY: install test check lint types cfn-lint demo bench slow clean layer deploy destroy
 
 install: $(STAMP)
 
@@ -43,3 +43,18 @@ clean:
 
 slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Issue 7: the Lambda layer for the Lambda platform (pip download of wheels, from PyPI).
+# ARCH=arm64 for Graviton. `make deploy`/`make destroy` ask their questions; pass flags with
+# DEPLOY_ARGS="--region eu-west-1 --stack-name itsacat --yes" for non-interactive use.
+ARCH ?= x86_64
+DEPLOY_ARGS ?=
+
+layer: install
+	$(BIN)/python -m itsacat.deploy.layer --arch $(ARCH)
+
+deploy: install
+	$(BIN)/itsacat deploy $(DEPLOY_ARGS)
+
+destroy: install
+	$(BIN)/itsacat destroy $(DEPLOY_ARGS)

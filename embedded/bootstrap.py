@@ -82,6 +82,8 @@ def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
 def serve(requests: Connection, responses: Connection) -> None:
     handler, init_error = load_handler(os.environ["_HANDLER"])
     memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+    # Init done: as on Lambda, the import is not part of the first invocation's timeout.
+    responses.send({"ready": True})
     while True:
         try:
             request = requests.recv()

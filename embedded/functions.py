@@ -117,8 +117,7 @@ def load_topology(clients: Any, stacks: list[DeployedStack]) -> Topology:
                 # Lambda's environment values are strings; moto leaves a resolved Number
                 # parameter as an int, which a process environment would refuse.
                 environment={
-                    k: str(v)
-                    for k, v in config.get("Environment", {}).get("Variables", {}).items()
+                    k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()
                 },
                 code_dirs=tuple(stack.code_dirs.get(name, ())),
                 **_invoke_config(lam, name),

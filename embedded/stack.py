@@ -280,6 +280,44 @@ def start(
         return result
 
 
+def restart_runtime(home: Path | None = None) -> StackInfo:
+    """Start the local runtime again beside a live emulator, keeping the emulator's state.
+
+    For a runtime that died (killed, crashed) while the emulator kept running: the new one
+    serves the same functions on the same port from the recorded `runtime.json`. In-flight
+    invocations and queued retries of the old one are gone, as after a Lambda outage; the
+    watchdog's schedule re-drives the runs they were training. Raises StackError when no
+    stack is recorded, the emulator is not alive, or the runtime is already running.
+    """
+    home = (home or default_home()).resolve()
+    with _locked(home):
+        existing = info(home)
+        if existing is None or not (home / "runtime.json").exists():
+            raise StackError(f"no embedded stack is recorded in {home}")
+        alive = existing.processes()
+        if not alive["emulator"]:
+            raise StackError("the emulator is not running; its state is lost, start afresh")
+        if alive["runtime"]:
+            raise AlreadyRunning(existing)
+        # Workers of the dead runtime share its process group: make sure none is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(existing.runtime_pid, signal.SIGKILL)
+        (home / "runtime.ready").unlink(missing_ok=True)
+        port = existing.lambda_url.rsplit(":", 1)[1]
+        log = home / "logs" / "runtime.log"
+        runtime = _spawn("embedded.runtime", ["--home", str(home), "--port", port], log)
+        try:
+            _wait_ready(runtime, home / "runtime.ready", log, "runtime")
+        except BaseException:
+            _kill([runtime])
+            raise
+        existing.runtime_pid = runtime.pid
+        state = home / _STATE
+        state.with_suffix(".tmp").write_text(json.dumps(asdict(existing), indent=1))
+        state.with_suffix(".tmp").replace(state)
+        return existing
+
+
 def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in reversed(processes):
         if process.poll() is None:

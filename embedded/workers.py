@@ -28,6 +28,11 @@ from embedded.logsink import LogSink, stream_name
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Lambda gives a function's init (imports, module-level setup) its own limit of 10 s; the
+# invocation's timeout starts after it.
+INIT_TIMEOUT_S = 10.0
+
+
 class WorkerTimedOut(Exception):
     """The handler ran past the function's timeout; the worker was killed."""
 
@@ -112,6 +117,7 @@ class Worker:
         self._requests = Connection(request_write, readable=False)
         self._responses = Connection(response_read, writable=False)
         self._closed = False
+        self._initialised = False
         self._reader = threading.Thread(
             target=self._forward_output, args=(sink,), name=f"log-{spec.name}", daemon=True
         )
@@ -125,6 +131,15 @@ class Worker:
     def call(self, request: dict[str, Any], timeout_s: float) -> WorkerResult:
         """Run one invocation; raises WorkerTimedOut or WorkerDied."""
         try:
+            if not self._initialised:
+                began = time.monotonic()
+                if not self._responses.poll(INIT_TIMEOUT_S):
+                    self.kill()
+                    raise WorkerTimedOut()
+                self._responses.recv()  # the bootstrap's "ready"
+                self._initialised = True
+                init_ms = int((time.monotonic() - began) * 1000)
+                request = {**request, "deadline_ms": request["deadline_ms"] + init_ms}
             self._requests.send(request)
             if not self._responses.poll(max(timeout_s, 0.0)):
                 self.kill()

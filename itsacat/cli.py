@@ -18,8 +18,10 @@ COMMAND_MODULES = (
     "itsacat.commands.dataset",
     "itsacat.commands.train",
     "itsacat.commands.runs",
+    "itsacat.commands.control",
     "itsacat.commands.report",
     "itsacat.commands.serve",
+    "itsacat.commands.deploy",
 )
 
 

@@ -2,13 +2,16 @@
 
 The target is the environment when it names a bucket (`ITSACAT_BUCKET`, as after
 `eval "$(itsacat env)"` or for a deployed stack), and otherwise the embedded stack recorded
-in `$ITSACAT_HOME`. Commands never branch on the target beyond this module: they take the
-environment it returns (endpoints, region, resource names), apply it to this process, and
-build their boto3 clients the normal way.
+in `$ITSACAT_HOME`; with `ITSACAT_TARGET=aws`, the AWS stack `itsacat deploy` recorded
+there (`aws-<stack>.json`, from the stack's outputs). Commands never branch on the target
+beyond this module: they take the environment it returns (endpoints, region, resource
+names), apply it to this process, and build their boto3 clients the normal way.
 """
 
+import json
 import os
 import sys
+from pathlib import Path
 
 from embedded import stack as embedded_stack
 from itsacat.errors import UserError
@@ -58,8 +61,39 @@ def use(env: dict[str, str]) -> None:
     client.cache_clear()
 
 
+def aws_target_path(stack: str, home: Path | None = None) -> Path:
+    """Where `itsacat deploy` records a deployed stack (its outputs) for `--target aws`."""
+    return (home or embedded_stack.default_home()) / f"aws-{stack}.json"
+
+
+def aws_env(stack: str | None = None) -> dict[str, str]:
+    """A deployed stack's environment: `ITSACAT_TARGET=aws` (stack: `ITSACAT_STACK`, default
+    the only one deployed from here, else `itsacat`). AWS credentials come from the usual
+    places (AWS_PROFILE, ~/.aws); an emulator endpoint left in the environment is dropped."""
+    stack = stack or os.environ.get("ITSACAT_STACK")
+    if not stack:
+        found = sorted(embedded_stack.default_home().glob("aws-*.json"))
+        stack = found[0].stem[len("aws-") :] if len(found) == 1 else "itsacat"
+    path = aws_target_path(stack)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"no deployed stack {stack!r} recorded in {path}: run `itsacat deploy` "
+            "(or set ITSACAT_STACK)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA"):
+        os.environ.pop(name, None)
+    passthrough = {k: os.environ[k] for k in PASSTHROUGH if os.environ.get(k)}
+    return {**passthrough, **{str(k): str(v) for k, v in record.get("env", {}).items()}}
+
+
 def resolve(start: bool = False) -> dict[str, str]:
     """The current target's environment (see the module docstring for the rule)."""
+    if os.environ.get("ITSACAT_TARGET", "").lower() == "aws":
+        return aws_env()
     if os.environ.get("ITSACAT_BUCKET"):
         return {k: os.environ[k] for k in (*PASSTHROUGH, *ENV_NAMES) if os.environ.get(k)}
     return embedded_env(start=start)

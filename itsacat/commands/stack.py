@@ -44,6 +44,23 @@ def register(sub: Any) -> None:
         "(default 1/6: rate(1 minute) every 10 s; 0 turns schedules off)",
     )
     up.add_argument("--email", default="", help="e-mail subscription for the notification topic")
+    up.add_argument(
+        "--faults",
+        metavar="SPEC",
+        default="",
+        help="inject faults into invocations, e.g. "
+        "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.05,throttle=0.1,"
+        "delay_ms=0-200,s3_duplicate=0.5,seed=7 (probabilities per invocation; "
+        "see the README's Reliability section)",
+    )
+    up.add_argument(
+        "--parameter",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a template parameter, e.g. TrainerTimeout=30, NeuronTimeout=2, LeaseSeconds=10 "
+        "(repeatable)",
+    )
     up.add_argument("--home", type=Path, help=_HOME_HELP)
     up.set_defaults(func=cmd_up)
 
@@ -85,16 +102,42 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UserError("--workers must be at least 1")
     if args.schedule_scale < 0:
         raise UserError("--schedule-scale must not be negative")
-    config = RuntimeConfig(workers=args.workers, schedule_scale=args.schedule_scale)
-    parameters = {"NotificationEmail": args.email} if args.email else None
+    from embedded.faults import FaultPlan
+    from embedded.stack import info as recorded
+    from embedded.stack import restart_runtime
+
+    try:
+        FaultPlan.parse(args.faults)
+    except ValueError as e:
+        raise UserError(f"--faults: {e}") from e
+    config = RuntimeConfig(
+        workers=args.workers, schedule_scale=args.schedule_scale, faults=args.faults
+    )
+    parameters = _parameters(args.parameter)
+    if args.email:
+        parameters["NotificationEmail"] = args.email
     began = time.monotonic()
+    try:
+        existing = recorded(args.home)
+        if existing is not None and existing.processes() == {"emulator": True, "runtime": False}:
+            # Only the runtime died: start it again and keep the emulator's data.
+            info = restart_runtime(args.home)
+            print(
+                f"restarted the local runtime of `{info.stack_name}` "
+                f"({time.monotonic() - began:.1f} s); the emulator's state is kept, "
+                "and the watchdog re-drives runs whose trainer died"
+            )
+            _describe(info)
+            return 0
+    except StackError as e:
+        raise UserError(str(e)) from e
     try:
         info = start(
             args.home,
             port=args.port,
             lambda_port=args.lambda_port,
             config=config,
-            parameters=parameters,
+            parameters=parameters or None,
         )
     except AlreadyRunning as e:
         print(f"itsacat: {e}; `itsacat status` shows it, `itsacat down` stops it")
@@ -105,6 +148,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     _describe(info)
     print('\nNext: eval "$(itsacat env)"   then e.g.  aws s3 ls s3://$ITSACAT_BUCKET')
     return 0
+
+
+def _parameters(items: list[str]) -> dict[str, str]:
+    """`--parameter Key=Value` options as template parameter overrides."""
+    out: dict[str, str] = {}
+    if not items:
+        return out
+    from embedded.deploy import load_template
+    from embedded.stack import TEMPLATE
+
+    known = sorted(load_template(TEMPLATE).get("Parameters", {}))
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--parameter {item!r}: expected KEY=VALUE, e.g. TrainerTimeout=30")
+        if key not in known:
+            raise UserError(f"--parameter {key!r}: the template has no such parameter "
+                            f"(known: {', '.join(known)})")  # fmt: skip
+        out[key] = value.strip()
+    return out
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -218,6 +282,7 @@ def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
         ("tables", tables),
         ("topic", outputs.get("TopicArn", "?")),
         ("functions", functions),
+        *([("faults", info.config["faults"])] if info.config.get("faults") else []),
         ("state", f"{info.home}  (logs in {info.home}/logs)"),
     ]
     for label, value in rows:

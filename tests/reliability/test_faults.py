@@ -1,0 +1,86 @@
+"""Under injected faults, a run equals the fault-free reference and counts what it absorbed.
+
+The stack is started as a user would start it, `itsacat up --faults ...`, with every
+invocation of every function (launch, trainer, neuron, watchdog) subject to duplicate
+delivery, a crash before or after the handler, a timeout and a throttle at 0.1 each. The
+timeouts are short (neuron 1 s, trainer 10 s) so that an injected timeout costs seconds:
+the timeout fault holds the worker until the runtime kills it at the function's limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedded.stack import StackInfo, info, stop
+from tests.reliability.conftest import itsacat
+from tests.reliability.support import DATA_BYTES, PARAMS, Client, assert_equals_reference
+
+FAULTS = "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.1,throttle=0.1,seed=7"
+INJECTED = ("duplicates", "crashes", "timeouts", "throttles")
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    home = tmp_path_factory.mktemp("faulty-home")
+    up = itsacat(
+        home,
+        "up",
+        "--faults",
+        FAULTS,
+        "--schedule-scale",
+        str(1 / 12),
+        "--parameter",
+        "TrainerTimeout=10",
+        "--parameter",
+        "NeuronTimeout=1",
+        "--parameter",
+        "LeaseSeconds=10",
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"faults     {FAULTS}" in up.stdout
+        stack = info(home)
+        assert stack is not None and stack.config["faults"] == FAULTS
+        yield stack
+    finally:
+        down = itsacat(home, "down")
+        assert down.returncode == 0, down.stderr
+        stop(home)  # a no-op after `down`; covers a failed `up`
+
+
+def test_a_run_under_faults_equals_the_reference_and_counts_them(
+    faulty: StackInfo, tmp_path: Path
+) -> None:
+    dataset, params = tmp_path / "datasets.h5", tmp_path / "parameters.json"
+    dataset.write_bytes(DATA_BYTES)
+    params.write_text(json.dumps(PARAMS))
+    home = Path(faulty.home)
+
+    trained = itsacat(
+        home, "train", str(dataset), "--params", str(params), "--wait", "--json", timeout_s=240
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    outcome = json.loads(trained.stdout)
+    ref = itsacat(home, "reference", str(dataset), "--params", str(params), "--json")
+    assert ref.returncode == 0, ref.stderr
+    np.testing.assert_allclose(outcome["costs"], json.loads(ref.stdout)["costs"], rtol=1e-9)
+
+    client = Client(faulty)
+    assert_equals_reference(client, outcome["run_id"], PARAMS)  # final parameters too
+
+    shown = itsacat(home, "runs", "show", outcome["run_id"], "--json")
+    counters = json.loads(shown.stdout)["counters"]
+    assert counters["retries"] > 0 and counters["throttles"] > 0, counters
+    assert counters["invocations"] >= 3 * 16  # 3 epochs x (4 + 3 + 1) neurons x 2 phases
+
+    # Every kind of fault was injected into the functions the run used, and absorbed.
+    stats = faulty.stats()["functions"]
+    neuron, trainer = stats["itsacat-neuron"], stats["itsacat-trainer"]
+    for name in INJECTED:
+        assert neuron[name] > 0, (name, neuron)
+    assert sum(trainer[name] for name in INJECTED) > 0, trainer
