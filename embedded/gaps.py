@@ -2,7 +2,8 @@
 
 moto creates most of the template but silently skips some resource types
 (`AWS::SQS::QueuePolicy`, `AWS::Lambda::EventInvokeConfig`, `AWS::SNS::Subscription`) and
-ignores a bucket's `NotificationConfiguration` and `VersioningConfiguration` and a table's `TimeToLiveSpecification`.
+ignores a bucket's `NotificationConfiguration` and `VersioningConfiguration` and a table's
+`TimeToLiveSpecification`.
 Without them the local stack would not deliver S3 notifications or send failed asynchronous
 invocations anywhere, so they are
 applied here, from the same translated template, with the intrinsic functions they use
