@@ -13,11 +13,14 @@ from itsacat.errors import UserError
 
 # Order here is the order in `itsacat --help`.
 COMMAND_MODULES = (
+    "itsacat.commands.demo",
     "itsacat.commands.stack",
     "itsacat.commands.reference",
     "itsacat.commands.dataset",
     "itsacat.commands.train",
     "itsacat.commands.runs",
+    "itsacat.commands.watch",
+    "itsacat.commands.logs",
     "itsacat.commands.control",
     "itsacat.commands.report",
     "itsacat.commands.serve",

@@ -14,6 +14,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self._last = 0.0
         self._last_line = ""
+        self._last_done = -1
 
     def update(self, done: int, **fields: object) -> None:
         """Show `done` of `total`; redraw at most 10 times a second (or every 10% off a tty)."""
@@ -35,12 +36,13 @@ class Progress:
             self.stream.write("\r" + line.ljust(len(self._last_line)))
         else:
             step = max(self.total // 10, 1)
-            if not final and done % step:
+            if done == self._last_done or (not final and done % step):
                 return
             self.stream.write(line + "\n")
         self.stream.flush()
         self._last = now
         self._last_line = line
+        self._last_done = done
 
     def close(self) -> None:
         if self.tty and self._last_line:

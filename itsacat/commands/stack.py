@@ -173,7 +173,10 @@ def _parameters(items: list[str]) -> dict[str, str]:
 
 def cmd_down(args: argparse.Namespace) -> int:
     from embedded.stack import StackError, stop
+    from itsacat import background
 
+    for name in background.stop_all(args.home):
+        print(f"stopped the demo's {name} server")
     try:
         stopped = stop(args.home)
     except StackError as e:

@@ -3,15 +3,13 @@
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from itsacat import target
 from itsacat.errors import UserError
 from itsacat.inputs import load_params
 from itsacat.runview import Runs
-from state.errors import StateError
-from state.objects import ObjectStore
+from itsacat.uploads import upload_dataset
 from trainer_lambdas import datasets
 
 
@@ -58,19 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except datasets.DatasetError as e:
         raise UserError(str(e)) from e
     env = target.connect(start=True)
-    objects = ObjectStore(env["ITSACAT_BUCKET"])
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**6:06d}"
-    folder = f"training_input/{path.stem}-{stamp}"
-    key = f"{folder}/{path.name if path.suffix == '.h5' else path.stem + '.h5'}"
-    try:
-        objects.put(
-            f"{folder}/parameters.json", json.dumps(params.to_json()).encode(), "application/json"
-        )
-        objects.put(key, path.read_bytes())
-    except (StateError, OSError) as e:
-        raise UserError(f"upload failed: {e}") from e
+    run_id, key = upload_dataset(env, path, params)
     runs = Runs(env)
-    run_id = runs.find_by_key(key, timeout_s=60)
     print(f"run {run_id} started from s3://{env['ITSACAT_BUCKET']}/{key}", file=sys.stderr)
     if not args.wait:
         print(run_id)

@@ -1,0 +1,45 @@
+"""`itsacat demo`: start the stack, train, report, serve and predict, in one command."""
+
+import argparse
+from pathlib import Path
+
+from itsacat import demo
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole story on the embedded stack: upload, train, report, serve, predict",
+        description=(
+            "Start the embedded stack (or use the running one), upload the dataset into the "
+            "bucket (--dataset, else ../shared/data/datasets.h5, else a generated stand-in), "
+            "train with the default parameters and a live progress bar, print the summary, "
+            "write the report, serve the prediction API and ask it about the sample pictures. "
+            "Leaves the stack and the API running (stop them with `itsacat down`), unless "
+            "--exit."
+        ),
+    )
+    p.add_argument("--dataset", metavar="PATH", help="the datasets.h5 to train on")
+    p.add_argument(
+        "--epochs", type=int, metavar="N", help="train only N epochs (a shorter demo, for tests)"
+    )
+    p.add_argument("--fanout", type=int, metavar="K", help="neurons per Lambda invocation")
+    p.add_argument(
+        "--port", type=int, default=8000, help="the API's port (8000; if 0 or busy, a free one)"
+    )
+    p.add_argument("--out", default="reports", help="where reports go (reports/)")
+    p.add_argument("--exit", action="store_true", help="stop everything at the end (for CI)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return demo.run(
+        demo.Options(
+            dataset=args.dataset,
+            epochs=args.epochs,
+            fanout=args.fanout,
+            port=args.port,
+            exit=args.exit,
+            out=Path(args.out),
+        )
+    )
