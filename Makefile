@@ -32,8 +32,9 @@ check: lint types cfn-lint test
 cfn-lint: install
 	$(BIN)/cfn-lint templates/*.yaml tests/embedded/fixture_template.yaml
 
+# DATASET=path trains on that file; DEMO_ARGS passes more options (e.g. --exit).
 demo: install
-	@echo "make demo: not built yet (issue 6: itsacat demo)" >&2; exit 1
+	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) $(DEMO_ARGS)
 
 bench: install
 	@echo "make bench: not built yet (issue 9: itsacat bench)" >&2; exit 1
