@@ -6,6 +6,7 @@ Each command module exposes `register(subparsers)`, which adds its subparser and
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
             "and the cat/non-cat prediction API."
         ),
     )
+    parser.add_argument(
+        "--target",
+        choices=("embedded", "aws"),
+        help="where commands send their requests: the embedded stack, or the AWS stack that "
+        "`itsacat deploy` recorded (default: $ITSACAT_TARGET, else the environment's "
+        "ITSACAT_BUCKET, else the embedded stack)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -47,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     # `itsacat ... | head` should end quietly, as other command-line tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
+    if args.target:
+        os.environ["ITSACAT_TARGET"] = args.target
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -3,9 +3,11 @@
 The target is the environment when it names a bucket (`ITSACAT_BUCKET`, as after
 `eval "$(itsacat env)"` or for a deployed stack), and otherwise the embedded stack recorded
 in `$ITSACAT_HOME`; with `ITSACAT_TARGET=aws`, the AWS stack `itsacat deploy` recorded
-there (`aws-<stack>.json`, from the stack's outputs). Commands never branch on the target
-beyond this module: they take the environment it returns (endpoints, region, resource
-names), apply it to this process, and build their boto3 clients the normal way.
+there (`aws-<stack>.json`, from the stack's outputs); with `ITSACAT_TARGET=embedded`, always
+the embedded stack. `itsacat --target aws|embedded COMMAND` sets `ITSACAT_TARGET`.
+Commands never branch on the target beyond this module: they take the environment it
+returns (endpoints, region, resource names), apply it to this process, and build their
+boto3 clients the normal way.
 """
 
 import json
@@ -95,9 +97,10 @@ def aws_env(stack: str | None = None) -> dict[str, str]:
 
 def resolve(start: bool = False) -> dict[str, str]:
     """The current target's environment (see the module docstring for the rule)."""
-    if os.environ.get("ITSACAT_TARGET", "").lower() == "aws":
+    chosen = os.environ.get("ITSACAT_TARGET", "").lower()
+    if chosen == "aws":
         return aws_env()
-    if os.environ.get("ITSACAT_BUCKET"):
+    if chosen != "embedded" and os.environ.get("ITSACAT_BUCKET"):
         return {k: os.environ[k] for k in (*PASSTHROUGH, *ENV_NAMES) if os.environ.get(k)}
     return embedded_env(start=start)
 
