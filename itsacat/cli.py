@@ -52,8 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # `itsacat ... | head` should end quietly, as other command-line tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     if args.target:
         os.environ["ITSACAT_TARGET"] = args.target
@@ -67,5 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `itsacat` executable: `main` plus the signal handling of a command-line tool."""
+    # `itsacat ... | head` should end quietly, as other command-line tools do. Only here:
+    # `main` also runs inside other processes (tests), which must keep Python's default.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()
