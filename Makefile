@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint types cfn-lint demo bench slow clean layer deploy destroy
+.PHONY: install test check lint types cfn-lint demo bench bench-scaling slow clean layer deploy destroy
 
 install: $(STAMP)
 
@@ -36,8 +36,16 @@ cfn-lint: install
 demo: install
 	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) $(DEMO_ARGS)
 
+# Issue 9: every plan against the reference on a fresh embedded stack (a few minutes); the JSON
+# and the markdown table land in bench/results/. `make bench-scaling` is the slower sweep over
+# layer-1 width and examples, with the plot bench/results/scaling.png.
+BENCH_ARGS ?=
+
 bench: install
-	@echo "make bench: not built yet (issue 9: itsacat bench)" >&2; exit 1
+	$(BIN)/itsacat bench --out bench/results $(BENCH_ARGS)
+
+bench-scaling: install
+	$(BIN)/itsacat bench --scaling --epochs 4 --out bench/results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
@@ -59,3 +67,9 @@ deploy: install
 
 destroy: install
 	$(BIN)/itsacat destroy $(DEPLOY_ARGS)
+
+# Load on the prediction API: 50 concurrent clients, 2,000 requests against `itsacat serve`
+# on loopback (its own embedded stack, stopped afterwards); fails on any 5xx.
+.PHONY: bench-api
+bench-api: install
+	$(BIN)/python bench/api_load.py --clients 50 --requests 2000

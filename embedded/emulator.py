@@ -13,6 +13,11 @@ A few small patches bring moto closer to AWS where the stack depends on it:
 - moto never tries to run Lambda code itself (it would need Docker): the SQS event source
   mappings the template declares are executed by the embedded relay instead.
 
+For the benchmark, `RequestCounter` counts the requests that Lambda functions make (their
+botocore user agent carries `exec-env/AWS_Lambda_...`, as on AWS), by service and operation,
+with the bytes they move; `GET /_itsacat/requests` returns the counts. Requests from the
+command line and the runtime's own log shipping are not counted.
+
 Run as `python -m embedded.emulator --port N --ready-file PATH`; the actual port is
 written to the ready file once the server listens (port 0 picks a free one).
 """
@@ -37,6 +42,61 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _LONG_POLL_STEP_S = 0.1
+COUNTS_PATH = "/_itsacat/requests"
+_S3_BUCKET_OPS = {"GET": "ListObjects", "PUT": "CreateBucket", "HEAD": "HeadBucket"}
+_S3_KEY_OPS = {
+    "GET": "GetObject",
+    "PUT": "PutObject",
+    "HEAD": "HeadObject",
+    "DELETE": "DeleteObject",
+}
+
+
+def operation(environ: dict[str, Any], body: bytes | None) -> tuple[str, str]:
+    """(service, operation) of an AWS request: from SigV4's credential scope, and the
+    X-Amz-Target header (JSON protocols), `Action` (query protocol) or the method (S3)."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    scope = (
+        auth.split("Credential=", 1)[1].split(",", 1)[0].split("/") if "Credential=" in auth else []
+    )
+    service = scope[3] if len(scope) > 3 else "unknown"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return service, target.rsplit(".", 1)[-1]
+    if service == "s3":
+        path = environ.get("PATH_INFO", "/").strip("/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if "delete" in environ.get("QUERY_STRING", "") and method == "POST":
+            return service, "DeleteObjects"
+        ops = _S3_KEY_OPS if "/" in path else _S3_BUCKET_OPS
+        return service, ops.get(method, method)
+    for part in (body or b"").split(b"&"):
+        if part.startswith(b"Action="):
+            return service, part[len(b"Action=") :].decode(errors="replace")
+    return service, environ.get("REQUEST_METHOD", "?")
+
+
+class RequestCounter:
+    """Requests made from Lambda functions, by `service:Operation`, and their bytes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
+
+    def add(self, environ: dict[str, Any], body: bytes | None, response_bytes: int) -> None:
+        if "exec-env/AWS_Lambda" not in environ.get("HTTP_USER_AGENT", ""):
+            return
+        service, op = operation(environ, body)
+        name = f"{service}:{op}"
+        size = int(environ.get("CONTENT_LENGTH") or 0) + response_bytes
+        with self.lock:
+            self.requests[name] = self.requests.get(name, 0) + 1
+            self.bytes[name] = self.bytes.get(name, 0) + size
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return {"requests": dict(self.requests), "bytes": dict(self.bytes)}
 
 
 class SerialisedApp:
@@ -45,11 +105,22 @@ class SerialisedApp:
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.counter = RequestCounter()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == COUNTS_PATH and environ.get("REQUEST_METHOD") == "GET":
+            counts = json.dumps(self.counter.snapshot()).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [counts]
         if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
             return self._receive_message(environ, start_response)
+        form = None
+        if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            form = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(form)
         status, headers, body = self._call_locked(environ)
+        self.counter.add(environ, form, len(body))
         start_response(status, headers)
         return [body]
 

@@ -115,6 +115,8 @@ class FunctionStats:
     destination_successes: int = 0
     duration_ms: float = 0.0
     in_flight: int = 0
+    payload_bytes_in: int = 0  # request payloads accepted (for the benchmark)
+    payload_bytes_out: int = 0  # response payloads of synchronous invocations
 
     def to_json(self) -> dict[str, Any]:
         data = {k.rstrip("_"): v for k, v in self.__dict__.items()}
@@ -195,7 +197,7 @@ class Runtime:
                 f"Request must be smaller than {SYNC_PAYLOAD_LIMIT} bytes "
                 "for the InvokeFunction operation"
             )
-        self.stats.add(spec.name, requests=1, sync=1)
+        self.stats.add(spec.name, requests=1, sync=1, payload_bytes_in=len(payload))
         faults = self.faults.decide(spec.name, "RequestResponse")
         if faults.throttle:
             self.stats.add(spec.name, throttles=1)
@@ -262,7 +264,7 @@ class Runtime:
                 f"Request must be smaller than {ASYNC_PAYLOAD_LIMIT} bytes "
                 "for the InvokeAsync operation"
             )
-        self.stats.add(spec.name, requests=1, async_=1)
+        self.stats.add(spec.name, requests=1, async_=1, payload_bytes_in=len(payload))
         request_id = str(uuid.uuid4())
         self._submit_async(spec, payload, request_id, attempt=1)
         return request_id
@@ -486,6 +488,9 @@ class InvokeHandler(BaseHTTPRequestHandler):
                 self._send(204, b"")
             elif invocation_type == "RequestResponse":
                 result = runtime.invoke(name, payload)
+                runtime.stats.add(
+                    runtime.function(name).name, payload_bytes_out=len(result.payload)
+                )
                 headers = {
                     "Content-Type": "application/json",
                     "x-amzn-RequestId": result.request_id,

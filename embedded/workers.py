@@ -76,10 +76,12 @@ def worker_environment(
         "AWS_SECRET_ACCESS_KEY": "testing",
         **endpoints,
     }
-    # BLAS thread counts are a property of the machine, not of the function: pass them on.
+    # One BLAS thread per worker unless the runtime's environment says otherwise: a Lambda
+    # environment has about one vCPU, and several workers each spinning up OpenBLAS threads
+    # on a small machine oversubscribe it (measured: a 4-row block's product took 20 ms with
+    # one thread and 300-450 ms with two, four workers at once on two cores).
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        env[name] = os.environ.get(name, "1")
     env.update(spec.environment)
     return env
 
@@ -103,7 +105,10 @@ class Worker:
                 ],
                 pass_fds=(request_read, response_write),
                 env=worker_environment(spec, self.stream, endpoints),
-                cwd=spec.code_dirs[0] if spec.code_dirs else str(PROJECT_ROOT),
+                # The source tree, not the CodeUri directory: `python -m` puts the working
+                # directory first on sys.path, and a stale build/functions copy of the
+                # handlers there would shadow the source the embedded stack must run.
+                cwd=str(PROJECT_ROOT),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

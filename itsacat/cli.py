@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "itsacat.commands.report",
     "itsacat.commands.serve",
     "itsacat.commands.deploy",
+    "itsacat.commands.bench",
 )
 
 

@@ -13,8 +13,12 @@ from botocore.config import Config
 # Fan-out threads share one client per service; give them enough pooled connections.
 _CONFIG = Config(max_pool_connections=64, retries={"max_attempts": 3, "mode": "standard"})
 # Lambda invocations are retried by our own code (it counts them), not by botocore.
+# (`max_attempts` counts retries after the first try; `total_max_attempts: 1` is no retry.)
 _LAMBDA_CONFIG = Config(
-    max_pool_connections=64, retries={"max_attempts": 1}, read_timeout=900, tcp_keepalive=True
+    max_pool_connections=64,
+    retries={"total_max_attempts": 1},
+    read_timeout=900,
+    tcp_keepalive=True,
 )
 
 

@@ -22,7 +22,7 @@ from state.notifications import Notifier
 from state.objects import ObjectStore
 from state.runs import Run, RunStore
 from state.weights import WeightStore
-from trainer_lambdas import datacache, fanout
+from trainer_lambdas import datacache, fanout, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.invoker import LambdaInvoker
 from trainer_lambdas.nn import network, schedule
@@ -30,7 +30,6 @@ from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.network import Weights
 from trainer_lambdas.nn.preprocess import flatten_images
 from trainer_lambdas.payloads import TrainerEvent
-from trainer_lambdas.plan import plan
 
 log = logging.getLogger("itsacat.trainer")
 
@@ -133,7 +132,7 @@ class Coordinator:
         m, n_x = data.y.shape[1], data.x.shape[0]
         spe = schedule.batches_per_epoch(p, m)
         total = p.epochs * spe
-        blocks = plan(n_x, p.neurons, p.fanout, m)
+        blocks = plan.for_params(n_x, p.neurons, p.fanout, m, p.plan)
         st = _State(
             cursor=int(run.cursor),
             committed=int(run.cursor),

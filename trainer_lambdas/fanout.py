@@ -5,6 +5,11 @@ layer's activations, and stacks the blocks' outputs; it computes the cost and it
 itself; then, backward, each block returns its weight and bias gradients and its share of
 the previous layer's gradient, which the trainer adds up in block order. The update is
 the core's `neurons.update`. `Invoker` runs a batch of requests in parallel, in order.
+
+A layer without blocks (the `hybrid` plan's small layers) is computed here, by the same
+core functions on the whole layer, so the numbers do not depend on where it ran. A backward
+request that needs no share of dL/dA_prev (the first layer) carries no weights: it does not
+use them, and they are the largest thing a request would carry.
 """
 
 from collections.abc import Callable, Sequence
@@ -38,6 +43,11 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
     for layer, layer_blocks in enumerate(blocks):
         w, b = weights[layer]
         a_prev = None if layer == 0 else acts[-1]
+        if not layer_blocks:
+            f = neurons.forward(w, b, _local_input(a_prev, layer), inp.activations[layer])
+            zs.append(f.z)
+            acts.append(f.a)
+            continue
         reqs = [
             NeuronRequest(
                 run_id=inp.run_id,
@@ -63,6 +73,14 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
     for layer in reversed(range(len(blocks))):
         w, b = weights[layer]
         a_prev = None if layer == 0 else acts[layer - 1]
+        if not blocks[layer]:
+            a_in = _local_input(a_prev, layer)
+            g = neurons.backward(
+                w, zs[layer], acts[layer], a_in, da, inp.activations[layer], a_in.shape[1], True
+            )
+            new[layer] = neurons.update(w, b, g, inp.learning_rate)
+            da = g.da_prev
+            continue
         reqs = [
             NeuronRequest(
                 run_id=inp.run_id,
@@ -72,7 +90,7 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
                 lo=blk.lo,
                 hi=blk.hi,
                 activation=inp.activations[layer],
-                w=w[blk.lo : blk.hi],
+                w=w[blk.lo : blk.hi] if layer > 0 else w[blk.lo : blk.hi, :0],
                 b=b[blk.lo : blk.hi],
                 a_prev=a_prev,
                 indices=inp.indices,
@@ -105,6 +123,12 @@ def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
     z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
     g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], req.need_da_prev)
     return NeuronResponse(dw=g.dw, db=g.db, da_prev=g.da_prev if req.need_da_prev else None)
+
+
+def _local_input(a_prev: np.ndarray | None, layer: int) -> np.ndarray:
+    if a_prev is None:  # the training inputs live with the neurons, not in the trainer
+        raise ValueError(f"layer {layer + 1} has no blocks, but the first layer must fan out")
+    return a_prev
 
 
 def _need(a: np.ndarray | None, name: str) -> np.ndarray:

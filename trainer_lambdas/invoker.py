@@ -15,7 +15,7 @@ from state.errors import StateError, Throttled
 from state.functions import Functions
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
 
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 8
 MAX_THROTTLES = 20
 
 

@@ -1,9 +1,10 @@
 """The fan-out plan: which blocks of neurons each invocation computes. Pure, no AWS.
 
 `fanout` k puts k consecutive neurons of a layer in one invocation (k = 1: one neuron per
-invocation, the default). Blocks are capped so that a request or response stays under
-Lambda's 6 MB synchronous payload limit (a block's weight gradient is rows x inputs
-float64 values, base64-encoded).
+invocation, the default). The `hybrid` plan fans out only the first `remote_layers` layers:
+the other layers get no blocks, and the trainer computes them itself. Blocks are capped so
+that a request or response stays under Lambda's 6 MB synchronous payload limit (a block's
+weight gradient is rows x inputs float64 values, base64-encoded).
 """
 
 from dataclasses import dataclass
@@ -31,14 +32,25 @@ def max_rows(n_prev: int, m: int) -> int:
     return max(1, int(ARRAY_BUDGET // per_row))
 
 
-def plan(n_x: int, neurons: tuple[int, ...], fanout: int, m: int) -> list[list[Block]]:
-    """For each layer, its blocks in order; together they cover every neuron exactly once."""
+def plan(
+    n_x: int, neurons: tuple[int, ...], fanout: int, m: int, remote_layers: int | None = None
+) -> list[list[Block]]:
+    """For each layer, its blocks in order; together they cover every neuron exactly once.
+
+    Layers after the first `remote_layers` (None: all are remote) have no blocks: local.
+    """
     if fanout < 1:
         raise ValueError(f"fanout must be >= 1, got {fanout}")
-    layers = []
+    if remote_layers is not None and remote_layers < 1:
+        raise ValueError(f"remote_layers must be >= 1, got {remote_layers}")
+    layers: list[list[Block]] = []
     n_prev = n_x
     for layer, n in enumerate(neurons, start=1):
         k = min(fanout, max_rows(n_prev, m))
+        if remote_layers is not None and layer > remote_layers:
+            layers.append([])
+            n_prev = n
+            continue
         layers.append([Block(layer, lo, min(lo + k, n)) for lo in range(0, n, k)])
         n_prev = n
     return layers
@@ -47,3 +59,10 @@ def plan(n_x: int, neurons: tuple[int, ...], fanout: int, m: int) -> list[list[B
 def invocations_per_step(p: list[list[Block]]) -> int:
     """Forward and backward: each block is invoked twice per step."""
     return 2 * sum(len(blocks) for blocks in p)
+
+
+def for_params(
+    n_x: int, neurons: tuple[int, ...], fanout: int, m: int, kind: str
+) -> list[list[Block]]:
+    """The plan a run's parameters ask for (`plan`: "fanout" or "hybrid")."""
+    return plan(n_x, neurons, fanout, m, remote_layers=1 if kind == "hybrid" else None)

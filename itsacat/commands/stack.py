@@ -165,8 +165,10 @@ def _parameters(items: list[str]) -> dict[str, str]:
         if not sep or not key:
             raise UserError(f"--parameter {item!r}: expected KEY=VALUE, e.g. TrainerTimeout=30")
         if key not in known:
-            raise UserError(f"--parameter {key!r}: the template has no such parameter "
-                            f"(known: {', '.join(known)})")  # fmt: skip
+            raise UserError(
+                f"--parameter {key!r}: the template has no such parameter "
+                f"(known: {', '.join(known)})"
+            )
         out[key] = value.strip()
     return out
 

@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help="override the number of epochs")
     p.add_argument("--fanout", type=int, metavar="K", help="neurons per invocation (default 1)")
     p.add_argument("--commit-every", type=int, metavar="N", help="commit every N steps")
+    p.add_argument(
+        "--plan",
+        choices=("fanout", "hybrid"),
+        help="fanout: every layer fans out (default); hybrid: only layer 1, the trainer "
+        "computes the small layers",
+    )
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
     p.add_argument(
         "--json",
@@ -40,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, epochs=args.epochs)
-    overrides = {"fanout": args.fanout, "commit_every": args.commit_every}
+    overrides = {"fanout": args.fanout, "commit_every": args.commit_every, "plan": args.plan}
     if any(v is not None for v in overrides.values()):
         from trainer_lambdas.nn import params as params_mod
 

@@ -33,7 +33,7 @@ from state.runs import CANCELLED, TRAINING, RunStore
 from tests.support.template import create_tables
 
 LEASE = 30.0
-OWNERS = ("req-a", "req-b", "req-c")
+OWNERS = ("req-a", "req-b")
 
 
 @pytest.fixture(scope="module")
@@ -83,30 +83,21 @@ class Model:
     committed: list[int] = field(default_factory=list)
 
 
-# (action, delivery index): deliveries 0-2 have their own owners, 3-5 duplicate 0-2's.
+# (action, delivery index): deliveries 0 and 1 have their own owners; 2 and 3 are duplicate
+# deliveries of 0 and 1 (the same request id). Weighted towards what races: takes and commits.
 ACTIONS = st.lists(
     st.tuples(
         st.sampled_from(
-            [
-                "acquire",
-                "commit",
-                "commit",
-                "commit",
-                "handover",
-                "release",
-                "expire",
-                "cancel",
-                "resume",
-            ]
-        ),  # fmt: skip
-        st.integers(0, 5),
+            ["acquire"] * 3 + ["commit"] * 4 + ["handover", "release", "expire", "cancel", "resume"]
+        ),
+        st.integers(0, 3),
     ),
     min_size=1,
-    max_size=40,
+    max_size=30,
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(actions=ACTIONS)
 def test_random_interleavings_commit_every_step_exactly_once(
     store: RunStore, actions: list[tuple[str, int]]
@@ -116,7 +107,7 @@ def test_random_interleavings_commit_every_step_exactly_once(
     with mock.patch.object(state.runs, "time", clock.module()):
         store.create(run_id, {})
         store.start(run_id, {"weights_version": 0})
-        deliveries = [Delivery(OWNERS[i % 3]) for i in range(6)]
+        deliveries = [Delivery(OWNERS[i % 2]) for i in range(4)]
         m = Model()
         for action, index in actions:
             d = deliveries[index]

@@ -99,3 +99,11 @@ def test_batch_size_zero_means_full_batch() -> None:
     assert params.parse(base(batch_size=5)).full_batch(5)
     assert not params.parse(base(batch_size=5)).full_batch(6)
     assert json.loads(json.dumps(p.to_json()))["batch_size"] is None
+
+
+def test_plan_key_defaults_to_fanout_and_accepts_hybrid() -> None:
+    assert params.parse(base()).plan == "fanout"
+    p = params.parse(base(plan="hybrid", fanout=4096, commit_every=10))
+    assert p.plan == "hybrid" and params.parse(p.to_json()) == p
+    with pytest.raises(params.ParameterError, match="'plan' must be one of fanout, hybrid"):
+        params.parse(base(plan="layers"))

@@ -73,3 +73,30 @@ def test_payloads_round_trip_exactly() -> None:
     resp = NeuronResponse(dw=a, db=a[:, :1])
     back = NeuronResponse.from_json(json.dumps(resp.to_dict()).encode())
     assert back.dw is not None and np.array_equal(back.dw, a) and back.z is None
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k: int) -> None:
+    acts = ("relu", "tanh", "sigmoid")
+    weights = [
+        (rng.normal(size=(5, 6)), rng.normal(size=(5, 1))),
+        (rng.normal(size=(3, 5)), rng.normal(size=(3, 1))),
+        (rng.normal(size=(1, 3)), rng.normal(size=(1, 1))),
+    ]
+    p = plan(6, (5, 3, 1), k, 9, remote_layers=1)
+    assert [len(x) for x in p] == [len(plan(6, (5,), k, 9)[0]), 0, 0]
+    sent: list[NeuronRequest] = []
+
+    def recording(reqs):
+        sent.extend(reqs)
+        return direct(reqs)
+
+    got = fanout.step(weights, p, fanout.StepInputs("r", "k", acts, 0.1, Y, None), recording)
+    want = network.step(weights, acts, X, Y, 0.1)
+    assert {r.layer for r in sent} == {1}
+    # the first layer's backward needs no weights, so none are sent
+    assert all(r.w.size == 0 for r in sent if r.phase == "backward")
+    assert got.cost == pytest.approx(want.cost, rel=1e-12)
+    for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
+        np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)

@@ -21,6 +21,10 @@ MAX_EPOCHS = 1_000_000
 MAX_LAYERS = 32
 MAX_NEURONS = 4096
 INITS = ("scaled", "he")
+# How a step is distributed: "fanout" fans every layer out to neuron invocations; "hybrid"
+# fans out only the first layer (the one that touches the 12,288 inputs) and the trainer
+# computes the small layers itself, with the same core functions.
+PLANS = ("fanout", "hybrid")
 LEGACY_KEYS = ("weight", "bias")
 KNOWN_KEYS = (
     "epochs",
@@ -34,6 +38,7 @@ KNOWN_KEYS = (
     "init",
     "fanout",
     "commit_every",
+    "plan",
     *LEGACY_KEYS,
 )
 
@@ -54,6 +59,7 @@ class Parameters:
     init: str = "scaled"
     fanout: int = 1
     commit_every: int = 1
+    plan: str = "fanout"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -174,6 +180,9 @@ def parse(d: Any) -> Parameters:
         raise ParameterError(f"parameters: 'init' must be one of {', '.join(INITS)}, got {init!r}")
     fanout = _int(d, "fanout", 1, 1, MAX_NEURONS)
     commit_every = _int(d, "commit_every", 1, 1, MAX_EPOCHS)
+    plan = d.get("plan", "fanout")
+    if plan not in PLANS:
+        raise ParameterError(f"parameters: 'plan' must be one of {', '.join(PLANS)}, got {plan!r}")
     return Parameters(
         epochs=epochs,
         activations=tuple(acts),
@@ -185,6 +194,7 @@ def parse(d: Any) -> Parameters:
         init=init,
         fanout=fanout,
         commit_every=commit_every,
+        plan=plan,
         warnings=warnings,
     )
 

@@ -1,0 +1,81 @@
+"""`itsacat bench`: time every fan-out plan against the reference and project it onto AWS."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from itsacat import bench
+from itsacat.errors import UserError
+
+DEFAULT_DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "datasets.h5"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the fan-out plans against the reference trainer",
+        description=(
+            "Start a fresh embedded stack in a temporary home, train the 12288-20-7-5-1 network "
+            "(full batch, float64) in-process with the reference trainer and on the stack with "
+            "each plan, and report seconds per epoch, the ratio to the reference, and per "
+            "epoch the Lambda invocations, AWS requests by operation and bytes moved, with a "
+            "projection of a full run's time and cost on AWS. The stack is stopped at the end."
+        ),
+    )
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        default=str(DEFAULT_DATASET),
+        help="datasets.h5 (default: %(default)s)",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
+    p.add_argument(
+        "--plans",
+        nargs="+",
+        choices=sorted(bench.PLANS),
+        default=list(bench.PLANS),
+        help="plans to run (default: all)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: seconds per epoch against layer-1 width (20, 80, 320) and examples "
+        "(209, 2090), with a table and a PNG plot (slow)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="also write the JSON (and with --scaling the plot) here: a directory",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.epochs < 3:
+        raise UserError("--epochs must be at least 3 (the window of counted epochs needs them)")
+    path = Path(args.dataset)
+    if not path.exists():
+        raise UserError(f"no dataset at {path} (pass its path)")
+    if args.scaling:
+        rows = bench.scaling(path, args.epochs, args.plans)
+        result: dict = {"scaling": rows}
+        if args.out:
+            result["plot"] = str(bench.plot(rows, args.out / "scaling.png"))
+        text = bench.scaling_table(rows)
+        name = "scaling.json"
+    else:
+        result = bench.bench(path, args.epochs, args.plans)
+        text = bench.table(result)
+        name = "bench.json"
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / name).write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / name.replace(".json", ".md")).write_text(text + "\n")
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,150 @@
+"""What a full training run would take and cost on AWS, projected from measured counts.
+
+The benchmark counts, per epoch and per plan, the Lambda invocations, the AWS requests by
+operation and the bytes moved; this module turns those counts into wall time and dollars
+with the assumptions below. They are assumptions, not measurements: each says where it
+comes from and when it was read, so that a reader can redo the arithmetic with their own.
+Prices are us-east-1, on-demand, x86, without the free tier.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Pricing pages as read in 2025-06 (not re-checked since: this project runs offline).
+LAMBDA_GB_SECOND_USD = 0.0000166667  # https://aws.amazon.com/lambda/pricing/ (x86)
+LAMBDA_REQUEST_USD = 0.20 / 1_000_000  # same page, per request
+DYNAMODB_WRU_USD = 0.625 / 1_000_000  # https://aws.amazon.com/dynamodb/pricing/on-demand/
+DYNAMODB_RRU_USD = 0.125 / 1_000_000  # same page (prices since the 2024-11-01 cut)
+S3_PUT_USD = 0.005 / 1000  # https://aws.amazon.com/s3/pricing/ (Standard: PUT/COPY/POST/LIST)
+S3_GET_USD = 0.0004 / 1000  # same page (GET and all other requests)
+
+# Latencies: typical published figures, stated as assumptions (see the README).
+INVOKE_OVERHEAD_S = 0.015  # warm synchronous Invoke round trip in-region, small payload
+PAYLOAD_BYTES_PER_S = 100e6  # request/response payload transfer through the Invoke API
+DYNAMODB_REQUEST_S = 0.006  # "single-digit milliseconds" per request (DynamoDB docs)
+DYNAMODB_BYTES_PER_S = 50e6  # large BatchWriteItem bodies (a 96 KiB weight row each)
+S3_REQUEST_S = 0.030  # first byte of a small GET/PUT (S3 performance guidelines)
+
+# The template's settings (templates/template.yaml) that the projection depends on.
+NEURON_MEMORY_MB = 2048
+TRAINER_MEMORY_MB = 2048
+FANOUT_CONCURRENCY = 8  # trainer_lambdas/config.py: neuron invocations in flight
+WRU_BYTES = 1024  # one write request unit per KB of item, for puts and deletes alike
+RRU_BYTES = 4096  # one strongly consistent read unit per 4 KB
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """What the benchmark measured for one plan, per epoch (and the plan's shape)."""
+
+    invocations: float  # neuron invocations per epoch
+    waves: float  # rounds of parallel invocations per epoch (each waits for the slowest)
+    payload_bytes: float  # request + response payload bytes per epoch
+    execution_s: float  # mean handler time of one neuron invocation (measured locally)
+    requests: dict[str, float]  # AWS requests per epoch by "service:Operation"
+    storage_bytes: float  # bytes moved to and from DynamoDB and S3 per epoch
+    local_s: float = 0.0  # trainer-side compute per epoch (the hybrid plan's small layers)
+    weight_wru_per_commit: float = 0.0  # WRUs of writing (and later deleting) one version
+    commits_per_epoch: float = 1.0
+
+
+@dataclass(frozen=True)
+class Projection:
+    epoch_s: float
+    run_s: float
+    run_minutes: float
+    usd: float
+    usd_breakdown: dict[str, float]
+
+
+def waves(blocks_per_layer: list[int], concurrency: int = FANOUT_CONCURRENCY) -> int:
+    """Rounds of invocations per step: forward and backward, each layer waits for the last."""
+    return 2 * sum(math.ceil(n / concurrency) for n in blocks_per_layer if n)
+
+
+def weight_wru(n_x: int, neurons: tuple[int, ...]) -> int:
+    """WRUs to write one version of every weight row (one item per row, float64 bytes)."""
+    total, n_prev = 0, n_x
+    for n in neurons:
+        item = 8 * (n_prev + 1) + 64  # w and b, plus keys and the TTL attribute
+        total += n * math.ceil(item / WRU_BYTES)
+        n_prev = n
+    return total
+
+
+def project(c: PlanCounts, epochs: int) -> Projection:
+    """Wall time and dollars of `epochs` epochs on AWS for one plan."""
+    ddb = sum(v for k, v in c.requests.items() if k.startswith("dynamodb:"))
+    s3 = sum(v for k, v in c.requests.items() if k.startswith("s3:"))
+    epoch_s = (
+        c.waves * (INVOKE_OVERHEAD_S + c.execution_s)
+        + c.payload_bytes / PAYLOAD_BYTES_PER_S
+        + ddb * DYNAMODB_REQUEST_S
+        + c.storage_bytes / DYNAMODB_BYTES_PER_S
+        + s3 * S3_REQUEST_S
+        + c.local_s
+    )
+    run_s = epochs * epoch_s
+    invocations = epochs * c.invocations
+    gb_s = invocations * (c.execution_s + 0.001) * NEURON_MEMORY_MB / 1024
+    gb_s += run_s * TRAINER_MEMORY_MB / 1024  # the trainer waits for its neurons
+    other_writes = sum(
+        v
+        for k, v in c.requests.items()
+        if k in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+    )
+    reads = sum(v for k, v in c.requests.items() if k in ("dynamodb:GetItem", "dynamodb:Query"))
+    wru = epochs * (2 * c.weight_wru_per_commit * c.commits_per_epoch + other_writes)
+    s3_puts = sum(v for k, v in c.requests.items() if k in ("s3:PutObject", "s3:ListObjects"))
+    breakdown = {
+        "lambda_requests": invocations * LAMBDA_REQUEST_USD,
+        "lambda_compute": gb_s * LAMBDA_GB_SECOND_USD,
+        "dynamodb_writes": wru * DYNAMODB_WRU_USD,
+        "dynamodb_reads": epochs * reads * DYNAMODB_RRU_USD,
+        "s3_requests": epochs * (s3_puts * S3_PUT_USD + (s3 - s3_puts) * S3_GET_USD),
+    }
+    return Projection(
+        epoch_s=round(epoch_s, 4),
+        run_s=round(run_s, 1),
+        run_minutes=round(run_s / 60, 1),
+        usd=round(sum(breakdown.values()), 4),
+        usd_breakdown={k: round(v, 4) for k, v in breakdown.items()},
+    )
+
+
+def assumptions() -> dict[str, Any]:
+    """The numbers the projection uses, for printing beside it."""
+    return {
+        "prices_as_of": "2025-06, us-east-1, on-demand, x86, no free tier",
+        "lambda_gb_second_usd": LAMBDA_GB_SECOND_USD,
+        "lambda_request_usd": LAMBDA_REQUEST_USD,
+        "dynamodb_wru_usd": DYNAMODB_WRU_USD,
+        "dynamodb_rru_usd": DYNAMODB_RRU_USD,
+        "s3_put_usd": S3_PUT_USD,
+        "s3_get_usd": S3_GET_USD,
+        "invoke_overhead_s": INVOKE_OVERHEAD_S,
+        "payload_bytes_per_s": PAYLOAD_BYTES_PER_S,
+        "dynamodb_request_s": DYNAMODB_REQUEST_S,
+        "dynamodb_bytes_per_s": DYNAMODB_BYTES_PER_S,
+        "s3_request_s": S3_REQUEST_S,
+        "neuron_memory_mb": NEURON_MEMORY_MB,
+        "trainer_memory_mb": TRAINER_MEMORY_MB,
+        "fanout_concurrency": FANOUT_CONCURRENCY,
+        "execution_time": "each neuron invocation's handler time as measured locally "
+        "(one local core per worker standing in for one Lambda vCPU)",
+        "model": "epoch = waves x (invoke overhead + execution) + payload bytes / rate + "
+        "DynamoDB requests x latency + storage bytes / rate + S3 requests x latency + "
+        "trainer-side compute",
+        "sources": [
+            "https://aws.amazon.com/lambda/pricing/",
+            "https://aws.amazon.com/dynamodb/pricing/on-demand/",
+            "https://aws.amazon.com/s3/pricing/",
+        ],
+    }
+
+
+def as_dict(p: Projection) -> dict[str, Any]:
+    return asdict(p)

@@ -1,0 +1,141 @@
+"""The benchmark's machinery, without a stack: counting, per-epoch arithmetic, the AWS
+projection and the shape of the JSON and tables it prints."""
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from embedded.emulator import RequestCounter, operation
+from itsacat import bench, projection
+
+LAMBDA_UA = "Boto3/1.40 md/Botocore#1.40 exec-env/AWS_Lambda_python3.11"
+
+
+def environ(**kw: str) -> dict:
+    scope = kw.pop("service", "dynamodb")
+    return {
+        "HTTP_AUTHORIZATION": f"AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{scope}/"
+        "aws4_request, SignedHeaders=host, Signature=abc",
+        "HTTP_USER_AGENT": LAMBDA_UA,
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "CONTENT_LENGTH": "10",
+        "wsgi.input": io.BytesIO(b""),
+        **kw,
+    }
+
+
+def test_operations_are_named_from_the_request() -> None:
+    assert operation(environ(HTTP_X_AMZ_TARGET="DynamoDB_20120810.BatchWriteItem"), None) == (
+        "dynamodb",
+        "BatchWriteItem",
+    )
+    s3 = environ(service="s3", REQUEST_METHOD="GET", PATH_INFO="/bucket/runs/a/data.npz")
+    assert operation(s3, None) == ("s3", "GetObject")
+    assert operation({**s3, "REQUEST_METHOD": "PUT"}, None) == ("s3", "PutObject")
+    assert operation({**s3, "PATH_INFO": "/bucket"}, None) == ("s3", "ListObjects")
+    sns = environ(service="sns")
+    assert operation(sns, b"Action=Publish&Version=2010-03-31") == ("sns", "Publish")
+
+
+def test_only_requests_from_functions_are_counted() -> None:
+    c = RequestCounter()
+    c.add(environ(HTTP_X_AMZ_TARGET="DynamoDB_20120810.PutItem"), None, 5)
+    c.add(environ(HTTP_X_AMZ_TARGET="DynamoDB_20120810.PutItem"), None, 5)
+    c.add(environ(HTTP_X_AMZ_TARGET="DynamoDB_20120810.Query", HTTP_USER_AGENT="Boto3/1"), None, 5)
+    snap = c.snapshot()
+    assert snap == {"requests": {"dynamodb:PutItem": 2}, "bytes": {"dynamodb:PutItem": 30}}
+
+
+def test_per_epoch_counts_are_window_deltas() -> None:
+    a = bench.Snapshot(10, 100, 1000.0, 5_000, {"dynamodb:PutItem": 10, "lambda:Invoke": 101}, 70)
+    b = bench.Snapshot(20, 760, 8000.0, 25_000, {"dynamodb:PutItem": 20, "lambda:Invoke": 761}, 170)
+    got = bench.per_epoch(a, b)
+    assert got["epochs_counted"] == 10 and got["invocations_per_epoch"] == 66
+    assert got["requests_per_epoch"] == {"dynamodb:PutItem": 1.0, "lambda:Invoke": 66.0}
+    assert got["payload_bytes_per_epoch"] == 2000 and got["storage_bytes_per_epoch"] == 10
+    assert got["execution_ms"] == pytest.approx(7000 / 660)
+    assert bench.median_epoch_s([0.0, 1.0, 3.0, 4.0]) == 1.0
+
+
+def test_projection_arithmetic() -> None:
+    assert projection.waves([20, 7, 5, 1]) == 2 * (3 + 1 + 1 + 1)
+    assert projection.waves([1, 0, 0, 0]) == 2
+    # a layer-1 row is 12,289 float64 values plus keys: 97 KB, 97 WRUs
+    assert projection.weight_wru(12288, (20, 7, 5, 1)) == 20 * 97 + 7 + 5 + 1
+    c = projection.PlanCounts(
+        invocations=66,
+        waves=12,
+        payload_bytes=1e6,
+        execution_s=0.01,
+        requests={"dynamodb:BatchWriteItem": 6, "dynamodb:UpdateItem": 1, "dynamodb:PutItem": 1},
+        storage_bytes=5e6,
+        weight_wru_per_commit=1953,
+        commits_per_epoch=1,
+    )
+    p = projection.project(c, 2500)
+    a = projection
+    epoch = (
+        12 * (a.INVOKE_OVERHEAD_S + 0.01)
+        + 1e6 / a.PAYLOAD_BYTES_PER_S
+        + 8 * a.DYNAMODB_REQUEST_S
+        + 5e6 / a.DYNAMODB_BYTES_PER_S
+    )
+    assert p.epoch_s == pytest.approx(epoch, abs=1e-4)
+    assert p.run_s == pytest.approx(2500 * epoch, rel=1e-3)
+    wru = 2500 * (2 * 1953 + 2)
+    assert p.usd_breakdown["dynamodb_writes"] == pytest.approx(wru * a.DYNAMODB_WRU_USD, abs=1e-4)
+    assert p.usd_breakdown["lambda_requests"] == pytest.approx(2500 * 66 * 0.2e-6, abs=1e-4)
+    assert p.usd == pytest.approx(sum(p.usd_breakdown.values()), abs=1e-3)
+    assert {"prices_as_of", "sources", "model"} <= set(projection.assumptions())
+
+
+def fake_result() -> dict:
+    plan = {
+        "epoch_s": 0.5,
+        "ratio": 50.0,
+        "invocations_per_epoch": 66.0,
+        "requests_per_epoch": {"dynamodb:BatchWriteItem": 6.0, "lambda:Invoke": 66.0},
+        "payload_bytes_per_epoch": 6_700_000,
+        "storage_bytes_per_epoch": 2_600_000,
+    }
+    proj = {"epoch_s": 0.6, "run_s": 1500.0, "run_minutes": 25.0, "usd": 6.3, "usd_breakdown": {}}
+    return {
+        "reference_epoch_s": 0.01,
+        "plans": {"neuron": plan},
+        "aws_projection": {"epochs": 2500, "plans": {"neuron": proj}, "assumptions": {}},
+    }
+
+
+def test_json_shape_and_tables() -> None:
+    r = json.loads(json.dumps(fake_result()))
+    assert set(r) >= {"reference_epoch_s", "plans", "aws_projection"}
+    need = {"epoch_s", "ratio", "invocations_per_epoch", "requests_per_epoch"}
+    assert need | {"payload_bytes_per_epoch"} <= set(r["plans"]["neuron"])
+    text = bench.table(r)
+    assert (
+        "| neuron | 0.5000 | 50.0 | 66.0 |" in text and "| neuron | 0.600 | 25.0 | 6.30 |" in text
+    )
+    rows = [
+        {"width": w, "examples": m, "reference": 0.01 * w, "neuron": 0.5 * w}
+        for w, m in ((20, 209), (80, 209), (20, 2090))
+    ]
+    assert bench.scaling_table(rows).count("\n") == 4
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    rows = [
+        {"width": w, "examples": m, "reference": 0.01 * w, "layer": 0.1 + 0.001 * m}
+        for w, m in ((20, 209), (80, 209), (320, 209), (20, 2090))
+    ]
+    out = bench.plot(rows, tmp_path / "s.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_named_plans() -> None:
+    assert bench.PLANS["neuron"].overrides() == {"fanout": 1, "plan": "fanout", "commit_every": 1}
+    assert bench.PLANS["hybrid"].plan == "hybrid"
+    assert not math.isnan(bench.median_epoch_s([1.0, 2.0]))
