@@ -27,3 +27,21 @@ def client(service: str) -> Any:
     return boto3.session.Session().client(
         service, config=_LAMBDA_CONFIG if service == "lambda" else _CONFIG
     )
+
+
+class LazyClient:
+    """Base of the adapters: an injected boto3 client, or one built on first use.
+
+    Tests hand in a moto-backed client; handlers let the adapter build the shared one.
+    """
+
+    service = ""
+
+    def __init__(self, injected: Any = None) -> None:
+        self._client = injected
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client(self.service)
+        return self._client

@@ -6,20 +6,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import Conflict, translate
 
 
-class CostStore:
-    def __init__(self, table: str, dynamodb: Any = None) -> None:
-        self.table = table
-        self._client = dynamodb
+class CostStore(LazyClient):
+    service = "dynamodb"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("dynamodb")
-        return self._client
+    def __init__(self, table: str, dynamodb: Any = None) -> None:
+        super().__init__(dynamodb)
+        self.table = table
 
     def put(self, run_id: str, epoch: int, cost: float, seconds: float) -> bool:
         """Record an epoch's cost; False (and nothing written) if the row already exists.

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import StateError, translate
 
 
@@ -17,15 +17,8 @@ class FunctionFailed(StateError):
     """The function ran and reported an error (including a timeout)."""
 
 
-class Functions:
-    def __init__(self, lambda_client: Any = None) -> None:
-        self._client = lambda_client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("lambda")
-        return self._client
+class Functions(LazyClient):
+    service = "lambda"
 
     def call(self, function: str, payload: bytes) -> bytes:
         """Invoke and wait (RequestResponse); the function's response bytes."""

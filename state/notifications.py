@@ -5,20 +5,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import translate
 
 
-class Notifier:
-    def __init__(self, topic_arn: str, sns: Any = None) -> None:
-        self.topic_arn = topic_arn
-        self._client = sns
+class Notifier(LazyClient):
+    service = "sns"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("sns")
-        return self._client
+    def __init__(self, topic_arn: str, sns: Any = None) -> None:
+        super().__init__(sns)
+        self.topic_arn = topic_arn
 
     def publish(self, subject: str, text: str, details: dict[str, Any]) -> None:
         """Send a readable message (e-mail) with the details as JSON below it."""

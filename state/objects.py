@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import NotFound, StateError, translate
 
 
@@ -18,16 +18,12 @@ def data_key(run_id: str, split: str) -> str:
     return f"runs/{run_id}/{split}.npz"
 
 
-class ObjectStore:
-    def __init__(self, bucket: str, s3: Any = None) -> None:
-        self.bucket = bucket
-        self._client = s3
+class ObjectStore(LazyClient):
+    service = "s3"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("s3")
-        return self._client
+    def __init__(self, bucket: str, s3: Any = None) -> None:
+        super().__init__(s3)
+        self.bucket = bucket
 
     def head(self, key: str, version_id: str | None = None) -> dict[str, Any]:
         kwargs = {"Bucket": self.bucket, "Key": key}

@@ -15,7 +15,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import Conflict, NotFound, translate
 
 PREPARING, TRAINING, SUCCEEDED, FAILED, CANCELLED = (
@@ -69,16 +69,12 @@ class Run:
         return self.item.get(name, default)
 
 
-class RunStore:
-    def __init__(self, table: str, dynamodb: Any = None) -> None:
-        self.table = table
-        self._client = dynamodb
+class RunStore(LazyClient):
+    service = "dynamodb"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("dynamodb")
-        return self._client
+    def __init__(self, table: str, dynamodb: Any = None) -> None:
+        super().__init__(dynamodb)
+        self.table = table
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import client as default_client
+from state.clients import LazyClient
 from state.errors import NotFound, StateError, translate
 
 Weights = list[tuple[np.ndarray, np.ndarray]]
@@ -38,16 +38,12 @@ def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
 
 
-class WeightStore:
-    def __init__(self, table: str, dynamodb: Any = None) -> None:
-        self.table = table
-        self._client = dynamodb
+class WeightStore(LazyClient):
+    service = "dynamodb"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = default_client("dynamodb")
-        return self._client
+    def __init__(self, table: str, dynamodb: Any = None) -> None:
+        super().__init__(dynamodb)
+        self.table = table
 
     def write(self, run_id: str, version: int, weights: Weights) -> int:
         """Write every row of every layer at `version`; returns the number of requests made."""
