@@ -439,6 +439,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.plot([r[key] for r in series], [r[n] for r in series], marker="o", label=n)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks([r[key] for r in series], [str(r[key]) for r in series])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("seconds per epoch")
         ax.grid(True, which="both", alpha=0.3)
