@@ -35,7 +35,9 @@ PICTURES_HOST = "127.0.0.2"
 class Options:
     dataset: str | None
     epochs: int | None
-    fanout: int | None
+    plan: str
+    fanout: int
+    commit_every: int
     port: int
     exit: bool
     out: Path
@@ -163,15 +165,16 @@ def run(opts: Options) -> int:
 
     path, synthetic = choose_dataset(opts.dataset, home)
     params = load_params(None, epochs=opts.epochs)
-    if opts.fanout is not None:
-        d = params.to_json()
-        d["fanout"] = opts.fanout
-        params = params_mod.parse(d)
+    d = params.to_json()
+    d.update(plan=opts.plan, fanout=opts.fanout, commit_every=opts.commit_every)
+    params = params_mod.parse(d)
     say(f"\n== 2. Upload {path} to s3://{env['ITSACAT_BUCKET']}/training_input/ (starts a run)")
     run_id, _ = upload_dataset(env, path, params)
+    fans = "layer 1 fans out" if params.plan == "hybrid" else "every layer fans out"
     say(
-        f"   run {run_id}: {params.epochs} epochs, layers {list(params.neurons)}, "
-        f"{params.fanout} neuron(s) per Lambda invocation"
+        f"   run {run_id}: {params.epochs} epochs, layers {list(params.neurons)}; plan "
+        f"{params.plan}: {fans}, up to {params.fanout} neuron(s) per Lambda invocation, "
+        f"commit every {params.commit_every} step(s)"
     )
 
     say("\n== 3. Training (each step fans out over the neuron function)")

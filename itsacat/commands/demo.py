@@ -23,7 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epochs", type=int, metavar="N", help="train only N epochs (a shorter demo, for tests)"
     )
-    p.add_argument("--fanout", type=int, metavar="K", help="neurons per Lambda invocation")
+    p.add_argument(
+        "--plan",
+        choices=("hybrid", "fanout"),
+        default="hybrid",
+        help="hybrid (default): layer 1 fans out over the neuron function, the trainer "
+        "computes the small layers (2,500 epochs in about 4 minutes here); fanout: every "
+        "layer fans out (with --fanout 1, one invocation per neuron: about 25 minutes)",
+    )
+    p.add_argument(
+        "--fanout",
+        type=int,
+        metavar="K",
+        help="neurons per Lambda invocation (default: 4096 with hybrid, 1 with fanout)",
+    )
+    p.add_argument(
+        "--commit-every",
+        type=int,
+        metavar="N",
+        help="commit every N steps (default: 10 with hybrid, 1 with fanout)",
+    )
     p.add_argument(
         "--port", type=int, default=8000, help="the API's port (8000; if 0 or busy, a free one)"
     )
@@ -37,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         demo.Options(
             dataset=args.dataset,
             epochs=args.epochs,
-            fanout=args.fanout,
+            plan=args.plan,
+            fanout=args.fanout
+            if args.fanout is not None
+            else (4096 if args.plan == "hybrid" else 1),
+            commit_every=args.commit_every
+            if args.commit_every is not None
+            else (10 if args.plan == "hybrid" else 1),
             port=args.port,
             exit=args.exit,
             out=Path(args.out),
