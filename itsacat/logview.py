@@ -53,14 +53,15 @@ class Line:
             return f"{t} {self.function:<8} {'':<7} {self.message.rstrip()}"
         skip = {"level", "message", "timestamp", "service", "location", "run_id", "epoch"}
         skip |= {"request_id", "xray_trace_id", "cold_start", "function_name"}
-        skip |= {"function_memory_size", "function_arn", "function_request_id"}
+        skip |= {"function_memory_size", "function_arn", "function_request_id", "_aws"}
         extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in skip)
         run = rec.get("run_id") or "-"
         epoch = rec.get("epoch")
         where = f"{run}" + (f" epoch {epoch}" if epoch is not None else "")
         return (
             f"{t} {self.function:<8} {rec.get('level', ''):<7} {where}  "
-            f"{rec.get('message', '')}{'  ' + extras if extras else ''}"
+            f"{rec.get('message', 'metric' if '_aws' in rec else '')}"
+            f"{'  ' + extras if extras else ''}"
         )
 
 

@@ -22,7 +22,7 @@ from state.notifications import Notifier
 from state.objects import ObjectStore
 from state.runs import Run, RunStore
 from state.weights import WeightStore
-from trainer_lambdas import datacache, fanout, plan
+from trainer_lambdas import datacache, fanout, metrics, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.invoker import LambdaInvoker
 from trainer_lambdas.nn import network, schedule
@@ -150,6 +150,7 @@ class Coordinator:
         )
         last_commit = time.monotonic()
         slowest_step = slowest_commit = 0.0
+        epoch_started: float | None = None
         while st.cursor < total and not st.stop:
             margin = MIN_MARGIN_SECONDS + 3 * slowest_step + 2 * slowest_commit
             if remaining_ms() / 1000 < margin:
@@ -171,9 +172,13 @@ class Coordinator:
             st.cursor += 1
             st.partial_sum += result.cost * y.shape[1]
             st.partial_n += y.shape[1]
+            if batch == 0 or epoch_started is None:
+                epoch_started = t0
             if batch == spe - 1:
                 cost = st.partial_sum / st.partial_n
-                self.s.costs.put(run_id, epoch, cost, time.monotonic() - t0)
+                seconds = time.monotonic() - epoch_started
+                self.s.costs.put(run_id, epoch, cost, seconds)
+                metrics.record_epoch(run_id, epoch, cost, seconds)
                 st.epochs_done, st.last_cost = epoch + 1, cost
                 st.partial_sum, st.partial_n = 0.0, 0
                 st.stop = p.threshold > 0 and cost <= p.threshold

@@ -213,3 +213,24 @@ def test_non_dataset_keys_are_ignored(world: World) -> None:
     assert Launcher(world.cfg, world.stores).launch(obj)["outcome"] == "ignored"
     obj = world.upload(b"x", key="training_input/notes.txt")
     assert Launcher(world.cfg, world.stores).launch(obj)["outcome"] == "ignored"
+
+
+def test_each_epoch_emits_embedded_metric_format(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = launch(world, {**PARAMS, "epochs": 3})
+    capsys.readouterr()
+    drive(world, run_id)
+    records = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    by_name: dict[str, list[dict]] = {"EpochSeconds": [], "Cost": []}
+    for r in records:
+        assert r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "itsacat"
+        (name,) = [m["Name"] for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+        assert r["run_id"] == run_id
+        by_name[name].append(r)
+    assert [r["epoch"] for r in by_name["Cost"]] == [0, 1, 2]
+    assert [r["Cost"] for r in by_name["Cost"]] == [[c] for c in world.stores.costs.list(run_id)]
+    assert [r["epoch"] for r in by_name["EpochSeconds"]] == [0, 1, 2]
+    assert all(r["EpochSeconds"][0] > 0 for r in by_name["EpochSeconds"])
