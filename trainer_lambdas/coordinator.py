@@ -35,7 +35,7 @@ log = logging.getLogger("itsacat.trainer")
 
 # Hand over when less than this is left, plus a few times the slowest step and commit
 # seen so far in this invocation.
-MIN_MARGIN_SECONDS = 1.5
+MIN_MARGIN_SECONDS = 2.5
 
 
 @dataclass
