@@ -36,7 +36,9 @@ class Progress:
             self.stream.write("\r" + line.ljust(len(self._last_line)))
         else:
             step = max(self.total // 10, 1)
-            if done == self._last_done or (not final and done % step):
+            # a line each time another tenth is crossed (polls rarely land on it exactly)
+            crossed = done // step > max(self._last_done, 0) // step or self._last_done < 0
+            if done == self._last_done or not (final or crossed):
                 return
             self.stream.write(line + "\n")
         self.stream.flush()
