@@ -156,6 +156,16 @@ def start_servers(env: dict[str, str], pictures: Path, port: int) -> tuple[str, 
 
 
 def run(opts: Options) -> int:
+    """The demo; with `--exit`, everything it started is stopped, also when it fails."""
+    try:
+        return _run(opts)
+    finally:
+        if opts.exit:
+            background.stop_all()
+            embedded_stack.stop()
+
+
+def _run(opts: Options) -> int:
     t0 = time.monotonic()
     home = embedded_stack.default_home()
     say("== 1. The embedded AWS stack (emulator + local Lambda runtime on 127.0.0.1)")
@@ -220,9 +230,7 @@ def run(opts: Options) -> int:
 
     say(f"\nDone in {time.monotonic() - t0:.0f} s.")
     if opts.exit:
-        background.stop_all()
-        embedded_stack.stop()
-        say("Stopped the API, the picture server and the embedded stack (--exit).")
+        say("Stopping the API, the picture server and the embedded stack (--exit).")
         return 0
     first = names[0] if names else "picture.jpeg"
     say(f"""

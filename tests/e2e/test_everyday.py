@@ -120,9 +120,30 @@ def test_demo_exit_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) ->
     assert "report.md" in text
     assert text.count("p(cat) = ") >= 1
     assert "(not allowed): HTTP 400 address_refused" in text
-    assert "Stopped the API, the picture server and the embedded stack" in text
+    assert "Stopping the API, the picture server and the embedded stack" in text
     reports = list((tmp_path / "reports").glob("*/report.md"))
     assert len(reports) == 1
     time.sleep(0.5)
     assert processes_of(home) == []
     assert not (home / "stack.json").exists()
+
+
+def test_demo_exit_stops_everything_also_when_it_fails(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    broken = tmp_path / "datasets.h5"
+    broken.write_bytes(b"not hdf5")  # the run fails at launch
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
+    env["ITSACAT_HOME"] = str(home)
+    out = subprocess.run(
+        [sys.executable, "-m", "itsacat.cli", "demo", "--dataset", str(broken), "--exit"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 1
+    assert "ended FAILED" in out.stderr and "not a readable HDF5 file" in out.stderr
+    time.sleep(0.5)
+    assert processes_of(home) == []
