@@ -169,6 +169,7 @@ def test_the_command_prints_the_report_path(
     cached_client.cache_clear()  # clients built for another target would outlive it
     monkeypatch.setattr(target, "connect", lambda start=False: env)
     monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # what training printed (its metric lines) is not the command's
     try:
         assert cli.main(["report", run_id]) == 0
         printed = capsys.readouterr().out.strip()
