@@ -31,7 +31,7 @@ S3_REQUEST_S = 0.030  # first byte of a small GET/PUT (S3 performance guidelines
 # The template's settings (templates/template.yaml) that the projection depends on.
 NEURON_MEMORY_MB = 2048
 TRAINER_MEMORY_MB = 2048
-FANOUT_CONCURRENCY = 8  # trainer_lambdas/config.py: neuron invocations in flight
+FANOUT_CONCURRENCY = 32  # the template's FanoutConcurrency: neuron invocations in flight
 WRU_BYTES = 1024  # one write request unit per KB of item, for puts and deletes alike
 RRU_BYTES = 4096  # one strongly consistent read unit per 4 KB
 

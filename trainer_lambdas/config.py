@@ -21,7 +21,7 @@ class Config:
     neuron_function: str
     lease_seconds: float = 60.0  # a trainer that stops heartbeating loses its run after this
     commit_seconds: float = 10.0  # commit (and heartbeat) at least this often
-    fanout_concurrency: int = 8  # neuron invocations in flight per trainer
+    fanout_concurrency: int = 32  # neuron invocations in flight per trainer
     max_dataset_bytes: int = 512 * 1024 * 1024
 
     @classmethod

@@ -62,7 +62,8 @@ def test_per_epoch_counts_are_window_deltas() -> None:
 
 
 def test_projection_arithmetic() -> None:
-    assert projection.waves([20, 7, 5, 1]) == 2 * (3 + 1 + 1 + 1)
+    assert projection.waves([20, 7, 5, 1]) == 2 * (1 + 1 + 1 + 1)
+    assert projection.waves([20, 7, 5, 1], concurrency=8) == 2 * (3 + 1 + 1 + 1)
     assert projection.waves([1, 0, 0, 0]) == 2
     # a layer-1 row is 12,289 float64 values plus keys: 97 KB, 97 WRUs
     assert projection.weight_wru(12288, (20, 7, 5, 1)) == 20 * 97 + 7 + 5 + 1
