@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 12 minutes on 2 cores
 def test_default_training_on_the_cat_data_equals_reference(stack: Stack, shared_data: Path) -> None:
     data = str(shared_data / "datasets.h5")
     ref = subprocess.run(
