@@ -1,5 +1,7 @@
 """Reading runs for people: summaries, listings and a live wait with a progress bar."""
 
+import json
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +33,44 @@ def summarize(run: Run, costs: Sequence[float]) -> dict[str, Any]:
         "created": run.get("created"),
         "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
     }
+
+
+# What `itsacat train --wait --json` prints: one object with these keys.
+TRAIN_JSON_KEYS = (
+    "run_id",
+    "status",
+    "error",
+    "epochs",
+    "costs",
+    "final_cost",
+    "train_accuracy",
+    "test_accuracy",
+    "model_uri",
+    "seconds",
+)
+
+
+def describe(s: dict) -> str:
+    """A run summary as a few readable lines."""
+    lines = [f"run {s['run_id']}: {s['status']}"]
+    if s.get("error"):
+        lines.append(f"  error: {s['error']}")
+    if s.get("final_cost") is not None:
+        lines.append(f"  epochs {s['epochs']}, final cost {s['final_cost']:.6f}")
+    if s.get("train_accuracy") is not None:
+        test = s.get("test_accuracy")
+        lines.append(
+            f"  train accuracy {s['train_accuracy']:.4f}, test accuracy "
+            + ("n/a" if test is None else f"{test:.4f}")
+        )
+    if s.get("seconds") is not None:
+        lines.append(f"  wall time {s['seconds']:.1f} s")
+    if s.get("model_uri"):
+        lines.append(f"  model {s['model_uri']}")
+    c = s.get("counters") or {}
+    if c:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return "\n".join(lines)
 
 
 class Runs:
@@ -108,3 +148,16 @@ class Runs:
         finally:
             if bar is not None:
                 bar.close()
+
+    def follow(self, run_id: str, as_json: bool, keys: Sequence[str] | None = None) -> int:
+        """Wait for the run with a progress bar, then print its outcome (readable, or one
+        JSON object with `keys`, all when None); the exit code: 0 if it succeeded."""
+        final = self.wait(run_id, show=True)
+        summary = self.summary(run_id)
+        if as_json:
+            shown = summary if keys is None else {k: summary[k] for k in keys}
+            json.dump(shown, sys.stdout, default=str)
+            sys.stdout.write("\n")
+        else:
+            print(describe(summary))
+        return 0 if final.status == "SUCCEEDED" else 1

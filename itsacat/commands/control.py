@@ -9,12 +9,10 @@ lease back is what the watchdog does on its schedule, done now.
 """
 
 import argparse
-import json
 import sys
 import time
 
 from itsacat import target
-from itsacat.commands.train import describe
 from itsacat.errors import UserError
 from itsacat.runview import Runs
 from state.errors import Conflict, StateError
@@ -101,14 +99,7 @@ def resume(args: argparse.Namespace) -> int:
     if not args.wait:
         print(run.run_id)
         return 0
-    final = runs.wait(run.run_id, show=True)
-    summary = runs.summary(run.run_id)
-    if args.json:
-        json.dump(summary, sys.stdout, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(describe(summary))
-    return 0 if final.status == SUCCEEDED else 1
+    return runs.follow(run.run_id, as_json=args.json)
 
 
 def cancel(args: argparse.Namespace) -> int:

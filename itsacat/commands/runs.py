@@ -5,8 +5,7 @@ import json
 import sys
 
 from itsacat import target
-from itsacat.commands.train import describe
-from itsacat.runview import Runs
+from itsacat.runview import Runs, describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,14 +1,13 @@
 """`itsacat train`: upload a dataset into the bucket's training_input/ and follow the run."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from itsacat import target
 from itsacat.errors import UserError
 from itsacat.inputs import load_params
-from itsacat.runview import Runs
+from itsacat.runview import TRAIN_JSON_KEYS, Runs
 from itsacat.uploads import upload_dataset
 from trainer_lambdas import datasets
 
@@ -68,46 +67,4 @@ def run(args: argparse.Namespace) -> int:
     if not args.wait:
         print(run_id)
         return 0
-    final = runs.wait(run_id, show=True)
-    summary = runs.summary(run_id)
-    if args.json:
-        keys = (
-            "run_id",
-            "status",
-            "error",
-            "epochs",
-            "costs",
-            "final_cost",
-            "train_accuracy",
-            "test_accuracy",
-            "model_uri",
-            "seconds",
-        )
-        json.dump({k: summary[k] for k in keys}, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        print(describe(summary))
-    return 0 if final.status == "SUCCEEDED" else 1
-
-
-def describe(s: dict) -> str:
-    """A run summary as a few readable lines."""
-    lines = [f"run {s['run_id']}: {s['status']}"]
-    if s.get("error"):
-        lines.append(f"  error: {s['error']}")
-    if s.get("final_cost") is not None:
-        lines.append(f"  epochs {s['epochs']}, final cost {s['final_cost']:.6f}")
-    if s.get("train_accuracy") is not None:
-        test = s.get("test_accuracy")
-        lines.append(
-            f"  train accuracy {s['train_accuracy']:.4f}, test accuracy "
-            + ("n/a" if test is None else f"{test:.4f}")
-        )
-    if s.get("seconds") is not None:
-        lines.append(f"  wall time {s['seconds']:.1f} s")
-    if s.get("model_uri"):
-        lines.append(f"  model {s['model_uri']}")
-    c = s.get("counters") or {}
-    if c:
-        lines.append("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    return "\n".join(lines)
+    return runs.follow(run_id, as_json=args.json, keys=TRAIN_JSON_KEYS)

@@ -3,7 +3,6 @@
 import argparse
 
 from itsacat import target
-from itsacat.commands.train import describe
 from itsacat.runview import Runs
 
 
@@ -22,7 +21,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = Runs(target.connect())
-    final = runs.wait(args.run_id, show=True)
-    print(describe(runs.summary(args.run_id)))
-    return 0 if final.status == "SUCCEEDED" else 1
+    return Runs(target.connect()).follow(args.run_id, as_json=False)
