@@ -14,6 +14,7 @@ use them, and they are the largest thing a request would carry.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,20 +50,7 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             acts.append(f.a)
             continue
         reqs = [
-            NeuronRequest(
-                run_id=inp.run_id,
-                data_key=inp.data_key,
-                phase="forward",
-                layer=blk.layer,
-                lo=blk.lo,
-                hi=blk.hi,
-                activation=inp.activations[layer],
-                w=w[blk.lo : blk.hi],
-                b=b[blk.lo : blk.hi],
-                a_prev=a_prev,
-                indices=inp.indices,
-            )
-            for blk in layer_blocks
+            _request(inp, blk, "forward", w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
         ]
         outs = invoke(reqs)
         zs.append(np.vstack([_need(o.z, "z") for o in outs]))
@@ -82,18 +70,14 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             da = g.da_prev
             continue
         reqs = [
-            NeuronRequest(
-                run_id=inp.run_id,
-                data_key=inp.data_key,
-                phase="backward",
-                layer=blk.layer,
-                lo=blk.lo,
-                hi=blk.hi,
-                activation=inp.activations[layer],
-                w=w[blk.lo : blk.hi] if layer > 0 else w[blk.lo : blk.hi, :0],
-                b=b[blk.lo : blk.hi],
-                a_prev=a_prev,
-                indices=inp.indices,
+            _request(
+                inp,
+                blk,
+                "backward",
+                # the first layer's share of dA_prev is not wanted, so its rows need not travel
+                w[blk.lo : blk.hi] if layer > 0 else w[blk.lo : blk.hi, :0],
+                b,
+                a_prev,
                 z=zs[layer][blk.lo : blk.hi],
                 a=acts[layer][blk.lo : blk.hi],
                 da=da[blk.lo : blk.hi],
@@ -113,6 +97,32 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             for o in outs[1:]:
                 da += _need(o.da_prev, "da_prev")
     return Step(cost=cost, weights=new)
+
+
+def _request(
+    inp: StepInputs,
+    blk: Block,
+    phase: str,
+    w_rows: np.ndarray,
+    b: np.ndarray,
+    a_prev: np.ndarray | None,
+    **backward: Any,
+) -> NeuronRequest:
+    """The request for one block: its rows of the layer, and what the phase needs."""
+    return NeuronRequest(
+        run_id=inp.run_id,
+        data_key=inp.data_key,
+        phase=phase,
+        layer=blk.layer,
+        lo=blk.lo,
+        hi=blk.hi,
+        activation=inp.activations[blk.layer - 1],
+        w=w_rows,
+        b=b[blk.lo : blk.hi],
+        a_prev=a_prev,
+        indices=inp.indices,
+        **backward,
+    )
 
 
 def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
