@@ -64,6 +64,12 @@ def _error(error_type: str, message: str, request_id: str, stack: list[str]) -> 
     }
 
 
+def _line(text: str) -> None:
+    """Print `text` and a newline in one write (a print is two)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
     """Import `module.function`; on failure the error Lambda reports (Runtime.ImportModuleError)."""
     module_name, _, function_name = spec.rpartition(".")
@@ -91,7 +97,7 @@ def serve(requests: Connection, responses: Connection) -> None:
             return
         request_id = request["request_id"]
         fault = request.get("fault")
-        print(f"START RequestId: {request_id} Version: $LATEST", flush=True)
+        _line(f"START RequestId: {request_id} Version: $LATEST")
         started = time.monotonic()
         if fault == "crash_before":
             os._exit(1)
@@ -119,12 +125,11 @@ def serve(requests: Connection, responses: Connection) -> None:
             os._exit(1)
         duration_ms = (time.monotonic() - started) * 1000
         used_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        print(f"END RequestId: {request_id}", flush=True)
-        print(
+        _line(  # END and REPORT in one write
+            f"END RequestId: {request_id}\n"
             f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
             f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {memory_mb} MB\t"
-            f"Max Memory Used: {used_mb} MB",
-            flush=True,
+            f"Max Memory Used: {used_mb} MB"
         )
         responses.send({"ok": ok, "payload": body, "duration_ms": duration_ms})
         if init_error is not None:

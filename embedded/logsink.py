@@ -52,6 +52,13 @@ class LogSink:
         with self._lock:
             self._pending[(group, stream)].append(event)
 
+    def emit_lines(self, group: str, stream: str, lines: list[str]) -> None:
+        """Several lines at once, all stamped now."""
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now, "message": line[:_MAX_EVENT_CHARS]} for line in lines]
+        with self._lock:
+            self._pending[(group, stream)].extend(events)
+
     def _run(self) -> None:
         while not self._stop.wait(self.flush_s):
             self.flush()

@@ -129,9 +129,27 @@ class Worker:
         self._reader.start()
 
     def _forward_output(self, sink: LogSink) -> None:
+        """Each line the worker prints becomes a log event (read in chunks: one wake-up
+        forwards all the lines of an invocation that arrived together)."""
         assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            sink.emit(self.spec.log_group, self.stream, raw.decode(errors="replace").rstrip("\n"))
+        fd = self.process.stdout.fileno()
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            if lines:
+                sink.emit_lines(
+                    self.spec.log_group,
+                    self.stream,
+                    [line.decode(errors="replace") for line in lines],
+                )
+        if pending:
+            sink.emit(self.spec.log_group, self.stream, pending.decode(errors="replace"))
 
     def call(self, request: dict[str, Any], timeout_s: float) -> WorkerResult:
         """Run one invocation; raises WorkerTimedOut or WorkerDied."""

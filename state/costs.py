@@ -1,4 +1,9 @@
-"""The costs table: one row per run and epoch, written once with a conditional put."""
+"""The costs table: one row per run and epoch.
+
+The trainer writes an epoch's row when it commits the step that ends the epoch, in
+batches (`put_many`): the costs of a run are a function of its data and parameters, so a
+row written twice (a trainer that lost its lease after writing) holds the same cost.
+"""
 
 import time
 from decimal import Decimal
@@ -7,7 +12,22 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient
-from state.errors import Conflict, translate
+from state.errors import StateError, translate
+
+_BATCH = 25  # BatchWriteItem's limit
+
+
+def _item(run_id: str, epoch: int, cost: float, seconds: float, written: str) -> dict[str, Any]:
+    """The cost is stored twice: as the exact float64 bit pattern (hex of `float.hex`),
+    which is what the trainer compares, and as a number for people and queries."""
+    return {
+        "run_id": {"S": run_id},
+        "epoch": {"N": str(epoch)},
+        "cost": {"N": str(Decimal(repr(cost)))},
+        "cost_hex": {"S": cost.hex()},
+        "seconds": {"N": f"{seconds:.6f}"},
+        "written": {"N": written},
+    }
 
 
 class CostStore(LazyClient):
@@ -17,31 +37,29 @@ class CostStore(LazyClient):
         super().__init__(dynamodb)
         self.table = table
 
-    def put(self, run_id: str, epoch: int, cost: float, seconds: float) -> bool:
-        """Record an epoch's cost; False (and nothing written) if the row already exists.
-
-        The cost is stored twice: as the exact float64 bit pattern (hex of `float.hex`),
-        which is what the trainer compares, and as a number for people and queries.
-        """
+    def put_many(self, run_id: str, rows: list[tuple[int, float, float]]) -> int:
+        """Write rows of (epoch, cost, seconds) with BatchWriteItem; the number of requests."""
+        now = f"{time.time():.3f}"
+        requests = [
+            {"PutRequest": {"Item": _item(run_id, epoch, cost, seconds, now)}}
+            for epoch, cost, seconds in rows
+        ]
+        calls = 0
         try:
-            self.client.put_item(
-                TableName=self.table,
-                Item={
-                    "run_id": {"S": run_id},
-                    "epoch": {"N": str(epoch)},
-                    "cost": {"N": str(Decimal(repr(cost)))},
-                    "cost_hex": {"S": cost.hex()},
-                    "seconds": {"N": f"{seconds:.6f}"},
-                    "written": {"N": f"{time.time():.3f}"},
-                },
-                ConditionExpression="attribute_not_exists(run_id)",
-            )
+            for i in range(0, len(requests), _BATCH):
+                pending = {self.table: requests[i : i + _BATCH]}
+                for attempt in range(8):
+                    calls += 1
+                    out = self.client.batch_write_item(RequestItems=pending)
+                    pending = out.get("UnprocessedItems") or {}
+                    if not pending:
+                        break
+                    time.sleep(0.05 * 2**attempt)
+                else:
+                    raise StateError(f"write costs of run {run_id}: items still unprocessed")
         except (ClientError, BotoCoreError) as e:
-            err = translate(e, f"write cost of epoch {epoch}")
-            if isinstance(err, Conflict):
-                return False
-            raise err from e
-        return True
+            raise translate(e, f"write costs of run {run_id}") from e
+        return calls
 
     def list(self, run_id: str) -> list[float]:
         """The run's costs in epoch order, exactly as the trainer computed them."""

@@ -1,16 +1,22 @@
 """Lambda functions: invoking the neuron and trainer functions.
 
-Errors come back as domain errors: `Throttled` for TooManyRequestsException, and
-`FunctionFailed` when the function ran and raised (or timed out).
+Synchronous calls (the fan-out) go through `state.invoke`, a lean signed HTTP client for
+the one Invoke request; asynchronous starts go through boto3. Errors come back as domain
+errors: `Throttled` for TooManyRequestsException, `NotFound` for an unknown function,
+and `FunctionFailed` when the function ran and raised (or timed out).
 """
 
+import http.client
 import json
+import os
+import threading
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient
-from state.errors import StateError, translate
+from state.errors import NotFound, StateError, Throttled, translate
+from state.invoke import USER_AGENT, InvokeClient
 
 
 class FunctionFailed(StateError):
@@ -20,23 +26,46 @@ class FunctionFailed(StateError):
 class Functions(LazyClient):
     service = "lambda"
 
+    def __init__(self, injected: Any = None) -> None:
+        super().__init__(injected)
+        self._invoke: InvokeClient | None = None
+        self._lock = threading.Lock()
+
+    def _invoker(self) -> InvokeClient:
+        with self._lock:
+            if self._invoke is None:
+                meta = self.client.meta
+                creds = self.client._request_signer._credentials  # boto3's own credentials
+                if creds is None:
+                    raise StateError("invoke: no AWS credentials were found")
+                env = os.environ.get("AWS_EXECUTION_ENV")
+                self._invoke = InvokeClient(
+                    meta.endpoint_url,
+                    meta.region_name,
+                    creds,
+                    timeout_s=meta.config.read_timeout,
+                    user_agent=USER_AGENT + (f" exec-env/{env}" if env else ""),
+                )
+            return self._invoke
+
     def call(self, function: str, payload: bytes) -> bytes:
         """Invoke and wait (RequestResponse); the function's response bytes."""
+        what = f"invoke {function}"
         try:
-            out = self.client.invoke(
-                FunctionName=function, InvocationType="RequestResponse", Payload=payload
-            )
-            body = out["Payload"].read()
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, f"invoke {function}") from e
-        if out.get("FunctionError"):
+            out = self._invoker().invoke(function, payload)
+        except (OSError, http.client.HTTPException) as e:
+            raise StateError(f"{what}: {e!r}") from e
+        if out.status != 200:
+            raise _error(out.status, out.headers, out.body, what)
+        body = out.body
+        if out.headers.get("x-amz-function-error"):
             try:
                 err = json.loads(body)
                 msg = f"{err.get('errorType', 'Error')}: {err.get('errorMessage', '')}"
             except ValueError:
                 msg = body[:500].decode(errors="replace")
             raise FunctionFailed(f"{function} failed: {msg}")
-        return bytes(body)
+        return body
 
     def start(self, function: str, payload: dict[str, Any]) -> None:
         """Invoke asynchronously (Event): Lambda queues it and retries it on error."""
@@ -46,3 +75,22 @@ class Functions(LazyClient):
             )
         except (ClientError, BotoCoreError) as e:
             raise translate(e, f"start {function}") from e
+
+
+def _error(status: int, headers: dict[str, str], body: bytes, what: str) -> StateError:
+    """The domain error of a refused Invoke request (the API's error type and message)."""
+    try:
+        d = json.loads(body)
+    except ValueError:
+        d = {}
+    if not isinstance(d, dict):
+        d = {}
+    code = headers.get("x-amzn-errortype", "").split(":")[0] or str(d.get("__type", status))
+    code = code.rsplit("#", 1)[-1]
+    message = d.get("message") or d.get("Message") or body[:300].decode(errors="replace")
+    msg = f"{what}: {code}: {message}"
+    if status == 429 or code == "TooManyRequestsException":
+        return Throttled(msg)
+    if status == 404 or code == "ResourceNotFoundException":
+        return NotFound(msg)
+    return StateError(msg)

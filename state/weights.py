@@ -94,10 +94,14 @@ class WeightStore(LazyClient):
             raise translate(e, what) from e
         return calls
 
-    def read(self, run_id: str, version: int, n_x: int, sizes: tuple[int, ...]) -> Weights:
-        """All layers at `version`; `NotFound` if any row is missing."""
+    def read(self, run_id: str, version: int, width: int, sizes: tuple[int, ...]) -> Weights:
+        """All layers at `version` (first-layer rows `width` long); `NotFound` if a row is missing.
+
+        The first layer's rows are its weights (width n_x) or, in the dual form, its
+        coefficients (width m, one per training example).
+        """
         weights: Weights = []
-        n_prev = n_x
+        n_prev = width
         for layer, size in enumerate(sizes, start=1):
             rows: dict[int, tuple[bytes, bytes]] = {}
             kwargs: dict[str, Any] = {

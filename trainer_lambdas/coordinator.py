@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from state.costs import CostStore
@@ -25,8 +25,9 @@ from state.weights import WeightStore
 from trainer_lambdas import datacache, fanout, metrics, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.invoker import LambdaInvoker
-from trainer_lambdas.nn import network, schedule
+from trainer_lambdas.nn import dual, network, schedule
 from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.nn.network import Weights
 from trainer_lambdas.nn.preprocess import flatten_images
 from trainer_lambdas.payloads import TrainerEvent
@@ -92,6 +93,8 @@ class _State:
     partial_sum: float
     partial_n: int
     stop: bool = False
+    # (epoch, cost, seconds) of the epochs since the last commit: written with it
+    costs: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 class Coordinator:
@@ -133,10 +136,17 @@ class Coordinator:
         spe = schedule.batches_per_epoch(p, m)
         total = p.epochs * spe
         blocks = plan.for_params(n_x, p.neurons, p.fanout, m, p.plan)
+        # The first layer in the dual form (`nn.dual`): its state is C (n1 x m), and the
+        # neurons need P0 = W1(0) X; W1 itself is rebuilt when the run finishes.
+        basis = None
+        if dual.use_dual(p.first_layer, n_x, m):
+            basis = dual.Basis.of(initial_weights(p, n_x)[0][0], data.x)
         st = _State(
             cursor=int(run.cursor),
             committed=int(run.cursor),
-            weights=self.s.weights.read(run_id, int(run.weights_version), n_x, p.neurons),
+            weights=self.s.weights.read(
+                run_id, int(run.weights_version), n_x if basis is None else m, p.neurons
+            ),
             epochs_done=int(run.get("epochs_done", 0)),
             last_cost=run.get("last_cost"),
             partial_sum=float.fromhex(run.get("partial_sum", "0x0p+0")),
@@ -166,6 +176,7 @@ class Coordinator:
                 learning_rate=p.learning_rate,
                 y=y,
                 indices=None if idx is None else idx.tolist(),
+                p0=None if basis is None else basis.p0,
             )
             result = fanout.step(st.weights, blocks, inputs, self.invoker)
             st.weights = result.weights
@@ -177,7 +188,7 @@ class Coordinator:
             if batch == spe - 1:
                 cost = st.partial_sum / st.partial_n
                 seconds = time.monotonic() - epoch_started
-                self.s.costs.put(run_id, epoch, cost, seconds)
+                st.costs.append((epoch, cost, seconds))
                 metrics.record_epoch(run_id, epoch, cost, seconds)
                 st.epochs_done, st.last_cost = epoch + 1, cost
                 st.partial_sum, st.partial_n = 0.0, 0
@@ -198,7 +209,8 @@ class Coordinator:
                 last_commit = time.monotonic()
                 slowest_commit = max(slowest_commit, last_commit - now)
             slowest_step = max(slowest_step, now - t0)
-        return self._finish(run, owner, st, p, data)
+        weights = st.weights if basis is None else dual.primal(st.weights, basis, data.x)
+        return self._finish(run, owner, st, p, data, weights)
 
     def _commit(
         self,
@@ -209,7 +221,11 @@ class Coordinator:
         release: bool = False,
         counters: dict[str, int] | None = None,
     ) -> bool:
-        """Write version `cursor` and move the run to it; False if the run is no longer ours."""
+        """Write version `cursor` (and the new epochs' costs) and move the run to it; False if
+        the run is no longer ours."""
+        if st.costs:
+            self.s.costs.put_many(run_id, st.costs)
+            st.costs = []
         if st.cursor != st.committed:
             self.s.weights.write(run_id, st.cursor, st.weights)
         try:
@@ -262,15 +278,17 @@ class Coordinator:
         st: _State,
         p: params_mod.Parameters,
         data: datacache.TrainingData,
+        weights: Weights,
     ) -> dict[str, Any]:
+        """Publish the model (`weights`: the primal weights of the final state)."""
         run_id = run.run_id
-        train_acc = network.accuracy(st.weights, p.activations, data.x, data.y)
+        train_acc = network.accuracy(weights, p.activations, data.x, data.y)
         test_acc = None
         if run.get("test_key"):
             arrays = self.s.objects.get_arrays(run.test_key)
             x_test = flatten_images(arrays["x"])
             y_test = arrays["y"].reshape(1, -1)
-            test_acc = network.accuracy(st.weights, p.activations, x_test, y_test)
+            test_acc = network.accuracy(weights, p.activations, x_test, y_test)
         seconds = time.time() - float(run.get("started_at", time.time()))
         metadata = {
             "run_id": run_id,
@@ -285,7 +303,7 @@ class Coordinator:
             "seconds": seconds,
             "dataset": run.dataset,
         }
-        model_uri = self.s.models.publish(run_id, st.weights, metadata)
+        model_uri = self.s.models.publish(run_id, weights, metadata)
         try:
             done = self.s.runs.finish(
                 run_id,

@@ -2,11 +2,13 @@
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from state.objects import ObjectStore
+from trainer_lambdas.nn import dual
 from trainer_lambdas.nn.preprocess import flatten_images
 
 
@@ -14,6 +16,7 @@ from trainer_lambdas.nn.preprocess import flatten_images
 class TrainingData:
     x: np.ndarray  # (n_x, m) float64 in [0, 1]
     y: np.ndarray  # (1, m) float64 labels
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 _CACHE: "OrderedDict[tuple[str, str], TrainingData]" = OrderedDict()
@@ -53,3 +56,20 @@ def columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
 
 
 _LAST: dict = {}
+
+
+def gram_columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
+    """The batch's columns of the Gram matrix X^T X (computed once per warm worker)."""
+    with _LOCK:
+        g = data.derived.get("gram")
+        if g is None:
+            g = data.derived["gram"] = dual.gram(data.x)
+        if indices is None:
+            return g
+        key = tuple(indices)
+        last = data.derived.get("gram_last")
+        if last is not None and last[0] == key:
+            return last[1]
+        cols = g[:, indices]
+        data.derived["gram_last"] = (key, cols)
+        return cols

@@ -10,6 +10,12 @@ A layer without blocks (the `hybrid` plan's small layers) is computed here, by t
 core functions on the whole layer, so the numbers do not depend on where it ran. A backward
 request that needs no share of dL/dA_prev (the first layer) carries no weights: it does not
 use them, and they are the largest thing a request would carry.
+
+With the first layer in the dual form (`nn.dual`, `StepInputs.p0` set), its weights are the
+coefficients C: a forward request carries the block's rows of C and of P0, and the neuron
+multiplies them by its cached Gram matrix. The layer's backward pass is then dZ1 / m_b, an
+elementwise product with no weights and no inputs in it, so the trainer does it itself
+with `dual.backward`, as it applies every update.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer_lambdas.nn import neurons
+from trainer_lambdas.nn import dual, neurons
 from trainer_lambdas.nn.cost import cross_entropy, cross_entropy_grad
 from trainer_lambdas.nn.network import Step, Weights
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
@@ -35,23 +41,33 @@ class StepInputs:
     learning_rate: float
     y: np.ndarray  # (1, m) labels of this step's batch
     indices: list[int] | None  # the batch's columns of the training data; None: all
+    p0: np.ndarray | None = None  # first layer in the dual form: W1(0) X (n1, m); None: primal
 
 
 def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: Invoker) -> Step:
     """One forward/backward/update over the plan's blocks; equals `network.step`."""
     zs: list[np.ndarray] = []
     acts: list[np.ndarray] = []
+    p0 = None
+    if inp.p0 is not None:
+        p0 = inp.p0 if inp.indices is None else inp.p0[:, inp.indices]
     for layer, layer_blocks in enumerate(blocks):
         w, b = weights[layer]
         a_prev = None if layer == 0 else acts[-1]
-        if not layer_blocks:
+        if layer == 0 and p0 is not None:
+            reqs = [
+                _request(inp, blk, "forward", w[blk.lo : blk.hi], b, None, p0=p0[blk.lo : blk.hi])
+                for blk in layer_blocks
+            ]
+        elif not layer_blocks:
             f = neurons.forward(w, b, _local_input(a_prev, layer), inp.activations[layer])
             zs.append(f.z)
             acts.append(f.a)
             continue
-        reqs = [
-            _request(inp, blk, "forward", w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
-        ]
+        else:
+            reqs = [
+                _request(inp, blk, "forward", w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
+            ]
         outs = invoke(reqs)
         zs.append(np.vstack([_need(o.z, "z") for o in outs]))
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
@@ -61,6 +77,10 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
     for layer in reversed(range(len(blocks))):
         w, b = weights[layer]
         a_prev = None if layer == 0 else acts[layer - 1]
+        if layer == 0 and p0 is not None:
+            g = dual.backward(zs[0], acts[0], da, inp.activations[0], w.shape[1], inp.indices)
+            new[0] = neurons.update(w, b, g, inp.learning_rate)
+            continue
         if not blocks[layer]:
             a_in = _local_input(a_prev, layer)
             g = neurons.backward(
@@ -106,7 +126,7 @@ def _request(
     w_rows: np.ndarray,
     b: np.ndarray,
     a_prev: np.ndarray | None,
-    **backward: Any,
+    **extra: Any,
 ) -> NeuronRequest:
     """The request for one block: its rows of the layer, and what the phase needs."""
     return NeuronRequest(
@@ -121,7 +141,7 @@ def _request(
         b=b[blk.lo : blk.hi],
         a_prev=a_prev,
         indices=inp.indices,
-        **backward,
+        **extra,
     )
 
 
@@ -133,6 +153,12 @@ def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
     z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
     g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], req.need_da_prev)
     return NeuronResponse(dw=g.dw, db=g.db, da_prev=g.da_prev if req.need_da_prev else None)
+
+
+def compute_dual(req: NeuronRequest, gram_cols: np.ndarray) -> NeuronResponse:
+    """A first-layer block's forward pass in the dual form, given G's batch columns."""
+    f = dual.forward(req.w, req.b, _need(req.p0, "p0"), gram_cols, req.activation)
+    return NeuronResponse(z=f.z, a=f.a)
 
 
 def _local_input(a_prev: np.ndarray | None, layer: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from trainer_lambdas import datasets
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
 from trainer_lambdas.nn import params as params_mod
-from trainer_lambdas.nn import schedule
+from trainer_lambdas.nn import dual, schedule
 from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.payloads import TrainerEvent, UploadedObject
 
@@ -113,13 +113,18 @@ class Launcher:
             raise Rejected(f"{obj.key}: {e}") from e
         n_x = int(train.x[0].size)
         m = train.m
+        try:
+            in_dual = dual.use_dual(p.first_layer, n_x, m)
+        except params_mod.ParameterError as e:
+            raise Rejected(f"{params_key}: {e}") from e
         train_key = data_key(run_id, "train")
         self.s.objects.put_arrays(train_key, x=train.x, y=train.y)
         test_key = None
         if ds.test is not None:
             test_key = data_key(run_id, "test")
             self.s.objects.put_arrays(test_key, x=ds.test.x, y=ds.test.y)
-        self.s.weights.write(run_id, 0, initial_weights(p, n_x))
+        start = initial_weights(p, n_x)
+        self.s.weights.write(run_id, 0, dual.initial_state(start, m) if in_dual else start)
         spe = schedule.batches_per_epoch(p, m)
         return {
             "params": p.to_json(),

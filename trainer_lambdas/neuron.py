@@ -9,6 +9,9 @@ from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
 
 def compute(req: NeuronRequest, objects: ObjectStore) -> NeuronResponse:
     """The block's outputs; the training inputs come from the warm worker's cache."""
+    if req.p0 is not None:  # first layer, dual form: the inputs enter through their Gram matrix
+        data = datacache.load(objects, req.data_key)
+        return fanout.compute_dual(req, datacache.gram_columns(data, req.indices))
     if req.a_prev is None:
         a_prev = datacache.columns(datacache.load(objects, req.data_key), req.indices)
     else:

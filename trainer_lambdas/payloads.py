@@ -61,6 +61,7 @@ class NeuronRequest:
     a: np.ndarray | None = None  # backward only
     da: np.ndarray | None = None  # backward only
     need_da_prev: bool = True
+    p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
 
     def to_json(self) -> bytes:
         d: dict[str, Any] = {
@@ -76,7 +77,7 @@ class NeuronRequest:
             "need_da_prev": self.need_da_prev,
         }
         parts = [json.dumps(d).encode()[:-1]]  # without the closing brace
-        for k in ("w", "b", "a_prev", "z", "a", "da"):
+        for k in ("w", "b", "a_prev", "z", "a", "da", "p0"):
             v = getattr(self, k)
             if v is None:
                 parts.append(f', "{k}": null'.encode())
@@ -114,11 +115,14 @@ class NeuronRequest:
                 a=_opt(event, "a"),
                 da=_opt(event, "da"),
                 need_da_prev=bool(event.get("need_da_prev", True)),
+                p0=_opt(event, "p0"),
             )
         except KeyError as e:
             raise PayloadError(f"neuron request is missing {e}") from e
         if req.phase == "backward" and (req.z is None or req.a is None or req.da is None):
             raise PayloadError("a backward request needs z, a and da")
+        if req.p0 is not None and (req.phase != "forward" or req.layer != 1):
+            raise PayloadError("only a first-layer forward request can be in the dual form (p0)")
         return req
 
 

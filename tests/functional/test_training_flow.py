@@ -59,8 +59,24 @@ def assert_equal_to_reference(world: World, run_id: str, params: dict) -> None:
 
 @pytest.mark.parametrize(
     "over",
-    [{}, {"fanout": 2}, {"batch_size": 16}, {"batch_size": 16, "fanout": 3, "commit_every": 2}],
-    ids=["full-fanout1", "full-fanout2", "minibatch", "minibatch-fanout3-commit2"],
+    [
+        {},
+        {"fanout": 2},
+        {"batch_size": 16},
+        {"batch_size": 16, "fanout": 3, "commit_every": 2},
+        {"first_layer": "primal"},
+        {"first_layer": "primal", "batch_size": 16, "fanout": 3},
+        {"plan": "hybrid", "fanout": 64, "batch_size": 16},
+    ],
+    ids=[
+        "full-fanout1",
+        "full-fanout2",
+        "minibatch",
+        "minibatch-fanout3-commit2",
+        "primal",
+        "primal-minibatch-fanout3",
+        "hybrid-minibatch",
+    ],
 )
 def test_distributed_run_equals_reference(world: World, over: dict) -> None:
     params = {**PARAMS, **over}
@@ -78,15 +94,27 @@ def test_distributed_run_equals_reference(world: World, over: dict) -> None:
     assert note["status"] == SUCCEEDED and note["run_id"] == run_id
 
 
-def test_one_invocation_per_neuron_per_phase(world: World) -> None:
-    run_id = launch(world, {**PARAMS, "epochs": 2})
+@pytest.mark.parametrize(
+    ("form", "per_epoch"),
+    [
+        # (4 + 3 + 1) neurons, forward and backward
+        ("primal", 2 * 8),
+        # the same, but layer 1's backward pass (dZ1 / m) is the trainer's own: 4 fewer
+        ("dual", 2 * 8 - 4),
+    ],
+)
+def test_one_invocation_per_neuron_per_phase(world: World, form: str, per_epoch: int) -> None:
+    run_id = launch(world, {**PARAMS, "epochs": 2, "first_layer": form})
     invoker = InProcessInvoker(world.stores.objects)
     Coordinator(world.cfg, world.stores, invoker).drive(  # type: ignore[arg-type]
         TrainerEvent(run_id), "req", FOREVER
     )
-    # (4 + 3 + 1) neurons, forward and backward, 2 epochs
-    assert len(invoker.requests) == 2 * 2 * 8
-    assert world.stores.runs.get(run_id).invocations == 32
+    assert len(invoker.requests) == 2 * per_epoch
+    assert world.stores.runs.get(run_id).invocations == 2 * per_epoch
+    first = [r for r in invoker.requests if r.layer == 1]
+    assert {r.phase for r in first} == ({"forward"} if form == "dual" else {"forward", "backward"})
+    # a dual-form request carries m = 40 coefficients per neuron, not n_x = 192 weights
+    assert {r.w.shape[1] for r in first if r.phase == "forward"} == {40 if form == "dual" else 192}
 
 
 def test_threshold_stops_early(world: World) -> None:

@@ -25,6 +25,10 @@ INITS = ("scaled", "he")
 # fans out only the first layer (the one that touches the 12,288 inputs) and the trainer
 # computes the small layers itself, with the same core functions.
 PLANS = ("fanout", "hybrid")
+# How the first layer's weights are held while training (see `nn.dual`): "dual" as
+# W0 + C X^T with C one coefficient per neuron and example, "primal" as W itself, "auto"
+# dual when that is cheaper (fewer examples than inputs, and a Gram matrix that fits).
+FIRST_LAYER_FORMS = ("auto", "primal", "dual")
 LEGACY_KEYS = ("weight", "bias")
 KNOWN_KEYS = (
     "epochs",
@@ -39,6 +43,7 @@ KNOWN_KEYS = (
     "fanout",
     "commit_every",
     "plan",
+    "first_layer",
     *LEGACY_KEYS,
 )
 
@@ -58,8 +63,9 @@ class Parameters:
     seed: int = 1
     init: str = "scaled"
     fanout: int = 1
-    commit_every: int = 1
+    commit_every: int = 10
     plan: str = "fanout"
+    first_layer: str = "auto"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -179,10 +185,16 @@ def parse(d: Any) -> Parameters:
     if init not in INITS:
         raise ParameterError(f"parameters: 'init' must be one of {', '.join(INITS)}, got {init!r}")
     fanout = _int(d, "fanout", 1, 1, MAX_NEURONS)
-    commit_every = _int(d, "commit_every", 1, 1, MAX_EPOCHS)
+    commit_every = _int(d, "commit_every", 10, 1, MAX_EPOCHS)
     plan = d.get("plan", "fanout")
     if plan not in PLANS:
         raise ParameterError(f"parameters: 'plan' must be one of {', '.join(PLANS)}, got {plan!r}")
+    first_layer = d.get("first_layer", "auto")
+    if first_layer not in FIRST_LAYER_FORMS:
+        raise ParameterError(
+            f"parameters: 'first_layer' must be one of {', '.join(FIRST_LAYER_FORMS)}, "
+            f"got {first_layer!r}"
+        )
     return Parameters(
         epochs=epochs,
         activations=tuple(acts),
@@ -195,6 +207,7 @@ def parse(d: Any) -> Parameters:
         fanout=fanout,
         commit_every=commit_every,
         plan=plan,
+        first_layer=first_layer,
         warnings=warnings,
     )
 
