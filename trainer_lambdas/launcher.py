@@ -19,8 +19,8 @@ from state.runs import PREPARING
 from trainer_lambdas import datasets
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
-from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn import dual, schedule
+from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.payloads import TrainerEvent, UploadedObject
 
