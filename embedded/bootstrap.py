@@ -6,6 +6,9 @@ goes to stdout, which the runtime forwards to CloudWatch Logs, framed by Lambda'
 START/END/REPORT lines; the worker writes those itself so that they stay in order with
 the handler's output.
 
+A function whose LoggingConfig sets SystemLogLevel WARN or ERROR gets no START/END/REPORT
+lines, as on Lambda (with INFO they are written as text whatever its LogFormat).
+
 Run as `python -m embedded.bootstrap REQUEST_FD RESPONSE_FD`; the handler and the function's
 settings come from the environment, as in Lambda (`_HANDLER`, `PYTHONPATH`, ...).
 """
@@ -64,6 +67,15 @@ def _error(error_type: str, message: str, request_id: str, stack: list[str]) -> 
     }
 
 
+_SYSTEM_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
+
+
+def platform_lines() -> bool:
+    """Whether Lambda's START/END/REPORT lines (INFO-level system logs) are written."""
+    level = os.environ.get("_ITSACAT_SYSTEM_LOG_LEVEL", "INFO")
+    return _SYSTEM_LEVELS.get(level, 20) <= 20
+
+
 def _line(text: str) -> None:
     """Print `text` and a newline in one write (a print is two)."""
     sys.stdout.write(text + "\n")
@@ -88,6 +100,7 @@ def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
 def serve(requests: Connection, responses: Connection) -> None:
     handler, init_error = load_handler(os.environ["_HANDLER"])
     memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+    platform = platform_lines()
     # Init done: as on Lambda, the import is not part of the first invocation's timeout.
     responses.send({"ready": True})
     while True:
@@ -97,7 +110,8 @@ def serve(requests: Connection, responses: Connection) -> None:
             return
         request_id = request["request_id"]
         fault = request.get("fault")
-        _line(f"START RequestId: {request_id} Version: $LATEST")
+        if platform:
+            _line(f"START RequestId: {request_id} Version: $LATEST")
         started = time.monotonic()
         if fault == "crash_before":
             os._exit(1)
@@ -124,13 +138,14 @@ def serve(requests: Connection, responses: Connection) -> None:
         if fault == "crash_after":
             os._exit(1)
         duration_ms = (time.monotonic() - started) * 1000
-        used_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        _line(  # END and REPORT in one write
-            f"END RequestId: {request_id}\n"
-            f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
-            f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {memory_mb} MB\t"
-            f"Max Memory Used: {used_mb} MB"
-        )
+        if platform:
+            used_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+            _line(  # END and REPORT in one write
+                f"END RequestId: {request_id}\n"
+                f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+                f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {memory_mb} MB\t"
+                f"Max Memory Used: {used_mb} MB"
+            )
         responses.send({"ok": ok, "payload": body, "duration_ms": duration_ms})
         if init_error is not None:
             return  # as Lambda does, the next invocation starts a fresh environment

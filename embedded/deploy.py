@@ -51,6 +51,8 @@ class DeployedStack:
     code_dirs: dict[str, list[str]] = field(default_factory=dict)
     # resources moto's CloudFormation skipped and nobody applied (should stay empty)
     not_emulated: list[str] = field(default_factory=list)
+    # function name -> its LoggingConfig (moto does not keep it; the runtime applies it)
+    logging: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class DeployedStack:
             "resources": self.resources,
             "code_dirs": self.code_dirs,
             "not_emulated": self.not_emulated,
+            "logging": self.logging,
         }
 
     @classmethod
@@ -234,7 +237,20 @@ def create_stack(
         resources=resources,
         code_dirs=local_code_dirs(template, template_dir, parameters, stack_name),
         not_emulated=not_emulated,
+        logging=logging_configs(context),
     )
+
+
+def logging_configs(ctx: gaps.Context) -> dict[str, dict[str, str]]:
+    """Each function's `LoggingConfig` from the translated template, resolved, by name."""
+    out = {}
+    for logical_id, resource in ctx.template.get("Resources", {}).items():
+        config = resource.get("Properties", {}).get("LoggingConfig")
+        if resource.get("Type") == "AWS::Lambda::Function" and config:
+            name = ctx.resources.get(logical_id, {}).get("physical_id")
+            if name:
+                out[name] = {k: str(v) for k, v in ctx.resolve(config).items()}
+    return out
 
 
 def _wait_for_stack(cfn: Any, stack_name: str, timeout_s: float = 60.0) -> dict[str, Any]:

@@ -30,6 +30,10 @@ class FunctionSpec:
     max_retry_attempts: int = 2
     on_failure: str | None = None
     on_success: str | None = None
+    # LoggingConfig: "Text" or "JSON"; Lambda's own START/END/REPORT lines are INFO-level
+    # system logs, left out when SystemLogLevel is WARN or ERROR
+    log_format: str = "Text"
+    system_log_level: str = "INFO"
 
     @property
     def log_group(self) -> str:
@@ -47,6 +51,8 @@ class FunctionSpec:
             "max_retry_attempts": self.max_retry_attempts,
             "on_failure": self.on_failure,
             "on_success": self.on_success,
+            "log_format": self.log_format,
+            "system_log_level": self.system_log_level,
         }
 
     @classmethod
@@ -120,6 +126,8 @@ def load_topology(clients: Any, stacks: list[DeployedStack]) -> Topology:
                     k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()
                 },
                 code_dirs=tuple(stack.code_dirs.get(name, ())),
+                log_format=stack.logging.get(name, {}).get("LogFormat", "Text"),
+                system_log_level=stack.logging.get(name, {}).get("SystemLogLevel", "INFO"),
                 **_invoke_config(lam, name),
             )
             topology.functions[name] = spec

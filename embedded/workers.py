@@ -82,6 +82,9 @@ def worker_environment(
     # one thread and 300-450 ms with two, four workers at once on two cores).
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = os.environ.get(name, "1")
+    if spec.log_format == "JSON":
+        env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
+    env["_ITSACAT_SYSTEM_LOG_LEVEL"] = spec.system_log_level  # read by embedded.bootstrap
     env.update(spec.environment)
     return env
 

@@ -297,6 +297,26 @@ def test_a_functions_log_lines_can_be_read_back_from_cloudwatch(embedded_stack: 
     assert all("/[$LATEST]" in s["logStreamName"] for s in streams)
 
 
+def test_system_log_level_warn_leaves_out_lambdas_own_lines(embedded_stack: StackInfo) -> None:
+    """LoggingConfig (moto drops it; the runtime applies it from the template)."""
+    marker = uuid.uuid4().hex
+    invoke(embedded_stack, f"{FIXTURES}-quiet-log", {"lines": [f"a {marker}", f"b {marker}"]})
+    invoke(embedded_stack, f"{FIXTURES}-quiet-log", {"lines": [f"c {marker}"]})
+    logs = client(embedded_stack, "logs")
+    group = f"/aws/lambda/{FIXTURES}-quiet-log"
+
+    def lines() -> list[str]:
+        try:
+            events = logs.filter_log_events(logGroupName=group)["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return []
+        found = [e["message"] for e in events]
+        return found if sum(marker in line for line in found) == 3 else []
+
+    found = wait_for(lines)
+    assert found == [f"a {marker}", f"b {marker}", f"c {marker}"]
+
+
 # ---------------------------------------------------------------------- consistency
 
 

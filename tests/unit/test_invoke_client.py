@@ -1,0 +1,104 @@
+"""The lean Invoke client against a real HTTP server on loopback: bodies, keep-alive, retry."""
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from botocore.credentials import Credentials
+
+from state.invoke import InvokeClient
+
+Reply = Callable[[bytes], bytes | None]  # request body -> raw response (None: drop the line)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, list[Reply], list[tuple[int, bytes, dict[str, str]]]]]:
+    """A one-connection-at-a-time HTTP server answering with the scripted `replies`."""
+    replies: list[Reply] = []
+    seen: list[tuple[int, bytes, dict[str, str]]] = []  # (connection number, body, headers)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            n += 1
+            f = conn.makefile("rb")
+            with conn, f:
+                while replies:
+                    line = f.readline()
+                    if not line:
+                        break
+                    headers = {}
+                    while (h := f.readline()) not in (b"\r\n", b""):
+                        k, _, v = h.decode().partition(":")
+                        headers[k.strip().lower()] = v.strip()
+                    body = f.read(int(headers["content-length"]))
+                    seen.append((n, body, headers))
+                    out = replies.pop(0)(body)
+                    if out is None:
+                        break  # drop the connection without answering
+                    conn.sendall(out)
+                    if b"Connection: close" in out:
+                        break
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield listener.getsockname()[1], replies, seen
+    stop.set()
+    listener.close()
+
+
+def _client(port: int) -> InvokeClient:
+    return InvokeClient(f"http://127.0.0.1:{port}", "us-east-1", Credentials("AK", "SK", "TOK"))
+
+
+def _ok(body: bytes, extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_bodies_keep_alive_and_close(server) -> None:  # type: ignore[no-untyped-def]
+    port, replies, seen = server
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    replies += [
+        lambda b: chunked,
+        lambda b: _ok(b"echo:" + b, "X-Amz-Function-Error: Unhandled\r\nConnection: close\r\n"),
+        lambda b: b'HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n\r\n{}',
+    ]
+    c = _client(port)
+    r1 = c.invoke("itsacat-neuron", b'{"a": 1}')
+    assert (r1.status, r1.body) == (200, b"hello world")
+    r2 = c.invoke("itsacat-neuron", b'{"b": 2}')
+    assert r2.body == b'echo:{"b": 2}' and r2.headers["x-amz-function-error"] == "Unhandled"
+    r3 = c.invoke("arn:aws:lambda:us-east-1:1:function:f", b"{}")
+    assert r3.status == 429
+    # one connection for the first two (keep-alive), a new one after "Connection: close"
+    assert [n for n, _, _ in seen] == [1, 1, 2]
+    _, body, headers = seen[0]
+    assert body == b'{"a": 1}'
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AK/")
+    assert headers["x-amz-security-token"] == "TOK"
+    assert headers["x-amz-invocation-type"] == "RequestResponse"
+
+
+def test_a_dropped_keep_alive_connection_is_reopened_once(server) -> None:  # type: ignore[no-untyped-def]
+    port, replies, seen = server
+    replies += [lambda b: _ok(b"1"), lambda b: None, lambda b: _ok(b"2")]
+    c = _client(port)
+    assert c.invoke("f", b"{}").body == b"1"
+    assert c.invoke("f", b"{}").body == b"2"  # the server dropped the line: sent again
+    assert [n for n, _, _ in seen] == [1, 1, 2]
+
+
+def test_a_fresh_connection_that_drops_is_an_error(server) -> None:  # type: ignore[no-untyped-def]
+    port, replies, _ = server
+    replies += [lambda b: None]
+    with pytest.raises(ConnectionResetError):
+        _client(port).invoke("f", b"{}")
