@@ -12,6 +12,7 @@ none outlives the runtime.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class Worker:
         self._responses = Connection(response_read, writable=False)
         self._closed = False
         self._initialised = False
+        self._poller: select.poll | None = None
         self._reader = threading.Thread(
             target=self._forward_output, args=(sink,), name=f"log-{spec.name}", daemon=True
         )
@@ -167,13 +169,21 @@ class Worker:
                 init_ms = int((time.monotonic() - began) * 1000)
                 request = {**request, "deadline_ms": request["deadline_ms"] + init_ms}
             self._requests.send(request)
-            if not self._responses.poll(max(timeout_s, 0.0)):
+            if not self._ready(max(timeout_s, 0.0)):
                 self.kill()
                 raise WorkerTimedOut()
             response = self._responses.recv()
         except (EOFError, OSError):
             raise WorkerDied(self._exit_status()) from None
         return WorkerResult(response["ok"], response["payload"], response["duration_ms"])
+
+    def _ready(self, timeout_s: float) -> bool:
+        """Whether a response (or EOF) arrives within `timeout_s`: one poll(2) on a poller
+        kept for the worker (Connection.poll builds a selector on every call)."""
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self._responses.fileno(), select.POLLIN)
+        return bool(self._poller.poll(int(timeout_s * 1000) + 1))
 
     def _exit_status(self) -> str:
         try:

@@ -47,7 +47,7 @@ class PlanSpec:
     name: str
     fanout: int
     plan: str = "fanout"
-    commit_every: int = 10  # the default
+    commit_every: int = 50  # the default
 
     def overrides(self) -> dict[str, Any]:
         return {"fanout": self.fanout, "plan": self.plan, "commit_every": self.commit_every}
@@ -270,10 +270,18 @@ def embedded_stack(workers: int = 4) -> Iterator[Any]:
 # ---------------------------------------------------------------------- the benchmark
 
 
-def _network_blocks(n_x: int, p: Any, m: int) -> list[int]:
-    from trainer_lambdas.plan import for_params
+def _network_blocks(n_x: int, p: Any, m: int) -> tuple[list[int], list[int], bool]:
+    """Blocks per layer invoked forward and backward, and whether layer 1 is in dual form."""
+    from trainer_lambdas.nn import dual
+    from trainer_lambdas.plan import backward_blocks, for_params
 
-    return [len(layer) for layer in for_params(n_x, p.neurons, p.fanout, m, p.plan)]
+    blocks = for_params(n_x, p.neurons, p.fanout, m, p.plan)
+    in_dual = dual.use_dual(p.first_layer, n_x, m)
+    return (
+        [len(layer) for layer in blocks],
+        [len(layer) for layer in backward_blocks(blocks, in_dual)],
+        in_dual,
+    )
 
 
 def bench(
@@ -315,23 +323,27 @@ def bench(
             p = params_mod.parse({**base, **spec.overrides()})
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
-            blocks = _network_blocks(int(x.shape[0]), p, int(x.shape[1]))
+            blocks, backward, in_dual = _network_blocks(int(x.shape[0]), p, int(x.shape[1]))
             r["ratio"] = r["epoch_s"] / ref
             r["max_rel_cost_diff"] = max_relative_difference(r.pop("costs"), ref_costs)
+            r["first_layer"] = "dual" if in_dual else "primal"
             r["blocks_per_layer"] = blocks
-            r["invocations_per_epoch_planned"] = 2 * sum(blocks)
+            r["backward_blocks_per_layer"] = backward
+            r["invocations_per_epoch_planned"] = sum(blocks) + sum(backward)
             r["commit_every"] = p.commit_every
             out["plans"][name] = r
             log(f"  {1000 * r['epoch_s']:.1f} ms/epoch ({r['ratio']:.1f}x the reference)")
             counts = projection.PlanCounts(
                 invocations=r["invocations_per_epoch"],
-                waves=projection.waves(blocks),
+                waves=projection.waves(blocks, backward_per_layer=backward),
                 payload_bytes=r["payload_bytes_per_epoch"],
                 execution_s=r["execution_ms"] / 1000,
                 requests={k: v for k, v in r["requests_per_epoch"].items() if k != "lambda:Invoke"},
                 storage_bytes=r["storage_bytes_per_epoch"],
                 local_s=ref if p.plan == "hybrid" else 0.0,  # an upper bound: the whole net
-                weight_wru_per_commit=projection.weight_wru(int(x.shape[0]), p.neurons),
+                weight_wru_per_commit=projection.weight_wru(
+                    int(x.shape[1] if in_dual else x.shape[0]), p.neurons
+                ),
                 commits_per_epoch=1 / p.commit_every,
             )
             projections[name] = projection.as_dict(projection.project(counts, NETWORK_EPOCHS))

@@ -37,7 +37,7 @@ class Options:
     epochs: int | None
     plan: str
     fanout: int
-    commit_every: int
+    commit_every: int | None  # None: the parameters' own
     port: int
     exit: bool
     out: Path
@@ -176,7 +176,9 @@ def _run(opts: Options) -> int:
     path, synthetic = choose_dataset(opts.dataset, home)
     params = load_params(None, epochs=opts.epochs)
     d = params.to_json()
-    d.update(plan=opts.plan, fanout=opts.fanout, commit_every=opts.commit_every)
+    d.update(plan=opts.plan, fanout=opts.fanout)
+    if opts.commit_every is not None:
+        d["commit_every"] = opts.commit_every
     params = params_mod.parse(d)
     say(f"\n== 2. Upload {path} to s3://{env['ITSACAT_BUCKET']}/training_input/ (starts a run)")
     run_id, _ = upload_dataset(env, path, params)

@@ -51,13 +51,15 @@ class Line:
         rec = self.record
         if rec is None:
             return f"{t} {self.function:<8} {'':<7} {self.message.rstrip()}"
-        skip = {"level", "message", "timestamp", "service", "location", "run_id", "epoch"}
+        skip = {"level", "message", "timestamp", "service", "location", "run_id", "epoch", "epochs"}
         skip |= {"request_id", "xray_trace_id", "cold_start", "function_name"}
         skip |= {"function_memory_size", "function_arn", "function_request_id", "_aws"}
         extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in skip)
         run = rec.get("run_id") or "-"
-        epoch = rec.get("epoch")
+        epoch, epochs = rec.get("epoch"), rec.get("epochs")
         where = f"{run}" + (f" epoch {epoch}" if epoch is not None else "")
+        if isinstance(epochs, list) and epochs:  # a commit's epochs: first and last
+            where += f" epochs {epochs[0]}-{epochs[-1]}"
         return (
             f"{t} {self.function:<8} {rec.get('level', ''):<7} {where}  "
             f"{rec.get('message', 'metric' if '_aws' in rec else '')}"

@@ -60,13 +60,20 @@ class Projection:
     usd_breakdown: dict[str, float]
 
 
-def waves(blocks_per_layer: list[int], concurrency: int = FANOUT_CONCURRENCY) -> int:
-    """Rounds of invocations per step: forward and backward, each layer waits for the last."""
-    return 2 * sum(math.ceil(n / concurrency) for n in blocks_per_layer if n)
+def waves(
+    blocks_per_layer: list[int],
+    concurrency: int = FANOUT_CONCURRENCY,
+    backward_per_layer: list[int] | None = None,
+) -> int:
+    """Rounds of invocations per step: forward, then backward (`backward_per_layer`, by
+    default the same blocks), each layer waiting for the last."""
+    backward = blocks_per_layer if backward_per_layer is None else backward_per_layer
+    return sum(math.ceil(n / concurrency) for n in [*blocks_per_layer, *backward] if n)
 
 
 def weight_wru(n_x: int, neurons: tuple[int, ...]) -> int:
-    """WRUs to write one version of every weight row (one item per row, float64 bytes)."""
+    """WRUs to write one version of every weight row (one item per row, float64 bytes);
+    `n_x` is the first layer's row width (m, the examples, in the dual form)."""
     total, n_prev = 0, n_x
     for n in neurons:
         item = 8 * (n_prev + 1) + 64  # w and b, plus keys and the TTL attribute

@@ -189,14 +189,9 @@ class Coordinator:
                 cost = st.partial_sum / st.partial_n
                 seconds = time.monotonic() - epoch_started
                 st.costs.append((epoch, cost, seconds))
-                metrics.record_epoch(run_id, epoch, cost, seconds)
                 st.epochs_done, st.last_cost = epoch + 1, cost
                 st.partial_sum, st.partial_n = 0.0, 0
                 st.stop = p.threshold > 0 and cost <= p.threshold
-                log.info(
-                    "epoch done",
-                    extra={"run_id": run_id, "epoch": epoch, "cost": cost},
-                )
             now = time.monotonic()
             if (
                 st.stop
@@ -223,8 +218,9 @@ class Coordinator:
     ) -> bool:
         """Write version `cursor` (and the new epochs' costs) and move the run to it; False if
         the run is no longer ours."""
-        if st.costs:
-            self.s.costs.put_many(run_id, st.costs)
+        done = st.costs
+        if done:
+            self.s.costs.put_many(run_id, done)
             st.costs = []
         if st.cursor != st.committed:
             self.s.weights.write(run_id, st.cursor, st.weights)
@@ -255,6 +251,17 @@ class Coordinator:
         if st.cursor != st.committed:
             self.s.weights.delete(run_id, st.committed, sizes)
         st.committed = st.cursor
+        if done:
+            metrics.record_epochs(run_id, done)
+            log.info(
+                "epochs done",
+                extra={
+                    "run_id": run_id,
+                    "epochs": [done[0][0], done[-1][0]],
+                    "cost": done[-1][1],
+                    "epoch_seconds": sum(s for _, _, s in done) / len(done),
+                },
+            )
         return True
 
     def _hand_over(

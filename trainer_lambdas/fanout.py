@@ -2,14 +2,16 @@
 
 For each layer, forward, the trainer sends each block its weight rows and the previous
 layer's activations, and stacks the blocks' outputs; it computes the cost and its gradient
-itself; then, backward, each block returns its weight and bias gradients and its share of
-the previous layer's gradient, which the trainer adds up in block order. The update is
-the core's `neurons.update`. `Invoker` runs a batch of requests in parallel, in order.
+itself; then, backward, each block gets its rows of Z, A and dL/dA and the layer's input,
+and returns its weight and bias gradients and its rows of dL/dZ. The trainer stacks them,
+applies the core's `neurons.update`, and forms the previous layer's dL/dA = W^T dL/dZ, as
+the reference does (a block returning its k rows of dL/dZ instead of its n_prev x m share
+of dL/dA_prev sends n_prev / k times fewer bytes back). `Invoker` runs a batch of requests
+in parallel, in order.
 
 A layer without blocks (the `hybrid` plan's small layers) is computed here, by the same
-core functions on the whole layer, so the numbers do not depend on where it ran. A backward
-request that needs no share of dL/dA_prev (the first layer) carries no weights: it does not
-use them, and they are the largest thing a request would carry.
+core functions on the whole layer, so the numbers do not depend on where it ran. Backward
+requests carry no weights: a block's gradients do not use them.
 
 With the first layer in the dual form (`nn.dual`, `StepInputs.p0` set), its weights are the
 coefficients C: a forward request carries the block's rows of C and of P0, and the neuron
@@ -94,14 +96,12 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
                 inp,
                 blk,
                 "backward",
-                # the first layer's share of dA_prev is not wanted, so its rows need not travel
-                w[blk.lo : blk.hi] if layer > 0 else w[blk.lo : blk.hi, :0],
+                w[blk.lo : blk.hi, :0],  # a block's gradients do not involve its weights
                 b,
                 a_prev,
                 z=zs[layer][blk.lo : blk.hi],
                 a=acts[layer][blk.lo : blk.hi],
                 da=da[blk.lo : blk.hi],
-                need_da_prev=layer > 0,
             )
             for blk in blocks[layer]
         ]
@@ -110,12 +110,11 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             dw=np.vstack([_need(o.dw, "dw") for o in outs]),
             db=np.vstack([_need(o.db, "db") for o in outs]),
             da_prev=np.zeros(0),
+            dz=np.vstack([_need(o.dz, "dz") for o in outs]),
         )
         new[layer] = neurons.update(w, b, grads, inp.learning_rate)
         if layer > 0:
-            da = _need(outs[0].da_prev, "da_prev").copy()
-            for o in outs[1:]:
-                da += _need(o.da_prev, "da_prev")
+            da = w.T @ grads.dz  # dL/dA_prev from every block's dZ rows, with W before the update
     return Step(cost=cost, weights=new)
 
 
@@ -151,8 +150,8 @@ def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
         f = neurons.forward(req.w, req.b, a_prev, req.activation)
         return NeuronResponse(z=f.z, a=f.a)
     z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
-    g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], req.need_da_prev)
-    return NeuronResponse(dw=g.dw, db=g.db, da_prev=g.da_prev if req.need_da_prev else None)
+    g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], False)
+    return NeuronResponse(dw=g.dw, db=g.db, dz=g.dz)
 
 
 def compute_dual(req: NeuronRequest, gram_cols: np.ndarray) -> NeuronResponse:

@@ -60,7 +60,6 @@ class NeuronRequest:
     z: np.ndarray | None = None  # backward only
     a: np.ndarray | None = None  # backward only
     da: np.ndarray | None = None  # backward only
-    need_da_prev: bool = True
     p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
 
     def to_json(self) -> bytes:
@@ -74,7 +73,6 @@ class NeuronRequest:
             "hi": self.hi,
             "activation": self.activation,
             "indices": self.indices,
-            "need_da_prev": self.need_da_prev,
         }
         parts = [json.dumps(d).encode()[:-1]]  # without the closing brace
         for k in ("w", "b", "a_prev", "z", "a", "da", "p0"):
@@ -114,7 +112,6 @@ class NeuronRequest:
                 z=_opt(event, "z"),
                 a=_opt(event, "a"),
                 da=_opt(event, "da"),
-                need_da_prev=bool(event.get("need_da_prev", True)),
                 p0=_opt(event, "p0"),
             )
         except KeyError as e:
@@ -132,13 +129,11 @@ class NeuronResponse:
     a: np.ndarray | None = None
     dw: np.ndarray | None = None
     db: np.ndarray | None = None
-    da_prev: np.ndarray | None = None
+    dz: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            k: pack(v)
-            for k in ("z", "a", "dw", "db", "da_prev")
-            if (v := getattr(self, k)) is not None
+            k: pack(v) for k in ("z", "a", "dw", "db", "dz") if (v := getattr(self, k)) is not None
         }
 
     @classmethod
@@ -149,7 +144,7 @@ class NeuronResponse:
             raise PayloadError(f"neuron response is not JSON: {e}") from e
         if not isinstance(d, dict):
             raise PayloadError("neuron response is not an object")
-        return cls(**{k: _opt(d, k) for k in ("z", "a", "dw", "db", "da_prev")})
+        return cls(**{k: _opt(d, k) for k in ("z", "a", "dw", "db", "dz")})
 
 
 TRAINER_REASONS = ("launch", "handover", "watchdog", "resume")

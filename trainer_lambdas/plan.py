@@ -56,9 +56,15 @@ def plan(
     return layers
 
 
-def invocations_per_step(p: list[list[Block]]) -> int:
-    """Forward and backward: each block is invoked twice per step."""
-    return 2 * sum(len(blocks) for blocks in p)
+def backward_blocks(p: list[list[Block]], dual: bool) -> list[list[Block]]:
+    """The blocks invoked backward: all of them, but none of the first layer in the dual
+    form (its backward pass is dZ1 / m, which the trainer does itself: `nn.dual`)."""
+    return [[] if dual and i == 0 else blocks for i, blocks in enumerate(p)]
+
+
+def invocations_per_step(p: list[list[Block]], dual: bool = False) -> int:
+    """Forward, every block once; backward, every block of `backward_blocks` once."""
+    return sum(len(b) for b in p) + sum(len(b) for b in backward_blocks(p, dual))
 
 
 def for_params(

@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=str(DEFAULT_DATASET),
         help="datasets.h5 (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=300,
+        help="epochs per run (default: 300; at least 3 commits' worth, commit_every being 50)",
+    )
     p.add_argument(
         "--plans",
         nargs="+",
@@ -53,8 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.epochs < 3:
-        raise UserError("--epochs must be at least 3 (the window of counted epochs needs them)")
+    if args.epochs < 150:
+        raise UserError(
+            "--epochs must be at least 150: epochs are timed between commits (every 50)"
+        )
     path = Path(args.dataset)
     if not path.exists():
         raise UserError(f"no dataset at {path} (pass its path)")

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--commit-every",
         type=int,
         metavar="N",
-        help="commit every N steps (default: 10 with hybrid, 1 with fanout)",
+        help="commit every N steps (default: the parameters' commit_every, 50)",
     )
     p.add_argument(
         "--port", type=int, default=8000, help="the API's port (8000; if 0 or busy, a free one)"
@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
             fanout=args.fanout
             if args.fanout is not None
             else (4096 if args.plan == "hybrid" else 1),
-            commit_every=args.commit_every
-            if args.commit_every is not None
-            else (10 if args.plan == "hybrid" else 1),
+            commit_every=args.commit_every,
             port=args.port,
             exit=args.exit,
             out=Path(args.out),

@@ -67,6 +67,7 @@ def test_projection_arithmetic() -> None:
     assert projection.waves([20, 7, 5, 1]) == 2 * (1 + 1 + 1 + 1)
     assert projection.waves([20, 7, 5, 1], concurrency=8) == 2 * (3 + 1 + 1 + 1)
     assert projection.waves([1, 0, 0, 0]) == 2
+    assert projection.waves([20, 7, 5, 1], backward_per_layer=[0, 7, 5, 1]) == 4 + 3
     # a layer-1 row is 12,289 float64 values plus keys: 97 KB, 97 WRUs
     assert projection.weight_wru(12288, (20, 7, 5, 1)) == 20 * 97 + 7 + 5 + 1
     c = projection.PlanCounts(
@@ -139,6 +140,6 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_the_named_plans() -> None:
-    assert bench.PLANS["neuron"].overrides() == {"fanout": 1, "plan": "fanout", "commit_every": 10}
+    assert bench.PLANS["neuron"].overrides() == {"fanout": 1, "plan": "fanout", "commit_every": 50}
     assert bench.PLANS["hybrid"].plan == "hybrid"
     assert not math.isnan(bench.median_epoch_s([1.0, 2.0]))

@@ -246,19 +246,29 @@ def test_non_dataset_keys_are_ignored(world: World) -> None:
 def test_each_epoch_emits_embedded_metric_format(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_id = launch(world, {**PARAMS, "epochs": 3})
+    # 7 epochs, commits every 3: EMF lines for epochs [0, 1, 2], [3, 4, 5] and [6]
+    run_id = launch(world, {**PARAMS, "epochs": 7, "commit_every": 3})
     capsys.readouterr()
     drive(world, run_id)
     records = [
         json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
     ]
-    by_name: dict[str, list[dict]] = {"EpochSeconds": [], "Cost": []}
     for r in records:
         assert r["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "itsacat"
-        (name,) = [m["Name"] for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+        names = {m["Name"] for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+        assert names == {"EpochSeconds", "Cost"}
         assert r["run_id"] == run_id
-        by_name[name].append(r)
-    assert [r["epoch"] for r in by_name["Cost"]] == [0, 1, 2]
-    assert [r["Cost"] for r in by_name["Cost"]] == [[c] for c in world.stores.costs.list(run_id)]
-    assert [r["epoch"] for r in by_name["EpochSeconds"]] == [0, 1, 2]
-    assert all(r["EpochSeconds"][0] > 0 for r in by_name["EpochSeconds"])
+    assert [r["epochs"] for r in records] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [c for r in records for c in r["Cost"]] == world.stores.costs.list(run_id)
+    assert all(s > 0 for r in records for s in r["EpochSeconds"])
+
+
+def test_a_long_commit_splits_into_emf_documents_of_50_epochs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trainer_lambdas import metrics
+
+    metrics.record_epochs("r", [(e, 1.0 / (e + 1), 0.5) for e in range(250)])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(r["Cost"]) for r in records] == [50] * 5
+    assert [r["epochs"][0] for r in records] == [0, 50, 100, 150, 200]

@@ -66,11 +66,14 @@ def _ok(body: bytes, extra: str = "") -> bytes:
 
 def test_bodies_keep_alive_and_close(server) -> None:  # type: ignore[no-untyped-def]
     port, replies, seen = server
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     replies += [
         lambda b: chunked,
         lambda b: _ok(b"echo:" + b, "X-Amz-Function-Error: Unhandled\r\nConnection: close\r\n"),
-        lambda b: b'HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n\r\n{}',
+        lambda b: b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n\r\n{}",
     ]
     c = _client(port)
     r1 = c.invoke("itsacat-neuron", b'{"a": 1}')

@@ -14,6 +14,8 @@ def test_default_plan_is_one_neuron_per_invocation() -> None:
     assert [len(layer) for layer in p] == [20, 7, 5, 1]
     assert p[0][3] == Block(1, 3, 4) and p[3] == [Block(4, 0, 1)]
     assert invocations_per_step(p) == 66
+    # layer 1 in the dual form: no backward invocations for its 20 neurons
+    assert invocations_per_step(p, dual=True) == 46
 
 
 @pytest.mark.parametrize("fanout_k", [1, 2, 3, 7, 100])

@@ -95,7 +95,7 @@ def backward(
         dc = np.zeros((dz.shape[0], m))
         dc[:, idx] = dz / m_b
     db = dz.sum(axis=1, keepdims=True) / m_b
-    return Backward(dw=dc, db=db, da_prev=np.zeros((0, m_b)))
+    return Backward(dw=dc, db=db, da_prev=np.zeros((0, m_b)), dz=dz)
 
 
 def materialize(w0: np.ndarray, c: np.ndarray, x: np.ndarray) -> np.ndarray:

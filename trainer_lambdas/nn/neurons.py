@@ -23,6 +23,7 @@ class Backward:
     dw: np.ndarray  # (k, n_prev) weight gradient
     db: np.ndarray  # (k, 1) bias gradient
     da_prev: np.ndarray  # (n_prev, m) this block's share of dL/dA_prev (shares add up)
+    dz: np.ndarray  # (k, m) dL_sum/dZ of the block's rows: dA_prev = W^T dZ over all rows
 
 
 def forward(w: np.ndarray, b: np.ndarray, a_prev: np.ndarray, activation: str) -> Forward:
@@ -50,6 +51,7 @@ def backward(
         dw=(dz @ a_prev.T) / m,
         db=dz.sum(axis=1, keepdims=True) / m,
         da_prev=w.T @ dz if need_da_prev else np.zeros((0, a_prev.shape[1])),
+        dz=dz,
     )
 
 

@@ -63,7 +63,7 @@ class Parameters:
     seed: int = 1
     init: str = "scaled"
     fanout: int = 1
-    commit_every: int = 10
+    commit_every: int = 50
     plan: str = "fanout"
     first_layer: str = "auto"
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -185,7 +185,7 @@ def parse(d: Any) -> Parameters:
     if init not in INITS:
         raise ParameterError(f"parameters: 'init' must be one of {', '.join(INITS)}, got {init!r}")
     fanout = _int(d, "fanout", 1, 1, MAX_NEURONS)
-    commit_every = _int(d, "commit_every", 10, 1, MAX_EPOCHS)
+    commit_every = _int(d, "commit_every", 50, 1, MAX_EPOCHS)
     plan = d.get("plan", "fanout")
     if plan not in PLANS:
         raise ParameterError(f"parameters: 'plan' must be one of {', '.join(PLANS)}, got {plan!r}")
