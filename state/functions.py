@@ -50,22 +50,30 @@ class Functions(LazyClient):
 
     def call(self, function: str, payload: bytes) -> bytes:
         """Invoke and wait (RequestResponse); the function's response bytes."""
+        out = self.call_many(function, [payload], 1)[0]
+        if isinstance(out, StateError):
+            raise out
+        return out
+
+    def call_many(
+        self, function: str, payloads: list[bytes], window: int = 32
+    ) -> list[bytes | StateError]:
+        """Invoke once per payload, `window` at a time in parallel; for each, the response
+        bytes or the domain error (see the module docstring) in its place."""
         what = f"invoke {function}"
-        try:
-            out = self._invoker().invoke(function, payload)
-        except (OSError, http.client.HTTPException) as e:
-            raise StateError(f"{what}: {e!r}") from e
-        if out.status != 200:
-            raise _error(out.status, out.headers, out.body, what)
-        body = out.body
-        if out.headers.get("x-amz-function-error"):
-            try:
-                err = json.loads(body)
-                msg = f"{err.get('errorType', 'Error')}: {err.get('errorMessage', '')}"
-            except ValueError:
-                msg = body[:500].decode(errors="replace")
-            raise FunctionFailed(f"{function} failed: {msg}")
-        return body
+        results: list[bytes | StateError] = []
+        for out in self._invoker().invoke_many(function, payloads, window):
+            if isinstance(out, OSError | http.client.HTTPException | ValueError):
+                results.append(StateError(f"{what}: {out!r}"))
+            elif isinstance(out, Exception):
+                raise out
+            elif out.status != 200:
+                results.append(_error(out.status, out.headers, out.body, what))
+            elif out.headers.get("x-amz-function-error"):
+                results.append(FunctionFailed(f"{function} failed: {_function_error(out.body)}"))
+            else:
+                results.append(out.body)
+        return results
 
     def start(self, function: str, payload: dict[str, Any]) -> None:
         """Invoke asynchronously (Event): Lambda queues it and retries it on error."""
@@ -94,3 +102,12 @@ def _error(status: int, headers: dict[str, str], body: bytes, what: str) -> Stat
     if status == 404 or code == "ResourceNotFoundException":
         return NotFound(msg)
     return StateError(msg)
+
+
+def _function_error(body: bytes) -> str:
+    """`errorType: errorMessage` of a function's error payload."""
+    try:
+        err = json.loads(body)
+        return f"{err.get('errorType', 'Error')}: {err.get('errorMessage', '')}"
+    except (ValueError, AttributeError):
+        return body[:500].decode(errors="replace")

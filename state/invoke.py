@@ -149,8 +149,10 @@ class _Connection:
             raise http.client.LineTooLong("header line")
         return line
 
-    def roundtrip(self, head: bytes, body: bytes) -> Response:
+    def send(self, head: bytes, body: bytes) -> None:
         self.sock.sendall(head + body)
+
+    def receive(self) -> Response:
         status_line = self._line().split(None, 2)
         if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
             raise http.client.BadStatusLine(repr(status_line))
@@ -209,18 +211,14 @@ class InvokeClient:
         self.credentials = credentials  # botocore Credentials (refreshable or not)
         self.timeout_s = timeout_s
         self.user_agent = user_agent
-        self._local = threading.local()
+        self._signer = Signer(region=region)
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
 
-    def invoke(self, function: str, payload: bytes) -> Response:
-        """POST the payload; a keep-alive connection the server dropped is re-opened once.
-
-        (Re-sending is safe for what this client is for: neuron invocations are pure.)
-        """
-        signer = getattr(self._local, "signer", None)
-        if signer is None:
-            signer = self._local.signer = Signer(region=self.region)
+    def _request(self, function: str, payload: bytes) -> bytes:
+        """The request line and headers, signed."""
         path = invoke_path(function)
-        headers = signer.headers(
+        headers = self._signer.headers(
             "POST",
             self.host,
             path,
@@ -233,28 +231,84 @@ class InvokeClient:
         head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
-        request = (head + "\r\n").encode("latin-1")
-        for attempt in (0, 1):
-            conn: _Connection | None = getattr(self._local, "conn", None)
-            reused = conn is not None
-            if conn is None:
-                conn = self._local.conn = _Connection(
-                    self.hostname, self.port, self.https, self.timeout_s
-                )
-            try:
-                response = conn.roundtrip(request, payload)
-            except (ConnectionResetError, BrokenPipeError):
-                conn.close()
-                self._local.conn = None
-                if attempt or not reused:
-                    raise
-                continue
-            except BaseException:
-                conn.close()
-                self._local.conn = None
-                raise
-            if not conn.open:
-                conn.close()
-                self._local.conn = None
-            return response
-        raise AssertionError("unreachable")
+        return (head + "\r\n").encode("latin-1")
+
+    def _take(self) -> tuple[_Connection, bool]:
+        """An idle keep-alive connection (True: reused), or a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return _Connection(self.hostname, self.port, self.https, self.timeout_s), False
+
+    def _give(self, conn: _Connection) -> None:
+        with self._lock:
+            if conn.open and len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _fresh_roundtrip(self, head: bytes, payload: bytes) -> Response:
+        conn = _Connection(self.hostname, self.port, self.https, self.timeout_s)
+        try:
+            conn.send(head, payload)
+            response = conn.receive()
+        except BaseException:
+            conn.close()
+            raise
+        self._give(conn)
+        return response
+
+    def invoke_many(
+        self, function: str, payloads: list[bytes], window: int = 32
+    ) -> list[Response | Exception]:
+        """Invoke once per payload, `window` at a time, from the calling thread alone.
+
+        Each request of a window goes out on its own keep-alive connection, then the
+        responses are read in order: the invocations run in parallel without a thread per
+        request. A request that fails gets its exception in its place in the result. A
+        keep-alive connection the server had dropped is retried once on a fresh one
+        (re-sending is safe for what this client is for: neuron invocations are pure).
+        """
+        results: list[Response | Exception | None] = [None] * len(payloads)
+        for start in range(0, len(payloads), max(1, window)):
+            sent: list[tuple[int, _Connection, bool, bytes]] = []
+            for i in range(start, min(len(payloads), start + max(1, window))):
+                head = self._request(function, payloads[i])
+                try:
+                    conn, reused = self._take()
+                except Exception as e:
+                    results[i] = e
+                    continue
+                try:
+                    conn.send(head, payloads[i])
+                    sent.append((i, conn, reused, head))
+                except Exception as e:
+                    conn.close()
+                    results[i] = e if not reused else self._retry(head, payloads[i], e)
+            for i, conn, reused, head in sent:
+                try:
+                    results[i] = conn.receive()
+                except Exception as e:
+                    conn.close()
+                    results[i] = e if not reused else self._retry(head, payloads[i], e)
+                    continue
+                self._give(conn)
+        return [r if r is not None else RuntimeError("not sent") for r in results]
+
+    def _retry(self, head: bytes, payload: bytes, first: Exception) -> Response | Exception:
+        if not isinstance(first, ConnectionResetError | BrokenPipeError):
+            return first
+        try:
+            return self._fresh_roundtrip(head, payload)
+        except Exception as e:
+            return e
+
+    def invoke(self, function: str, payload: bytes) -> Response:
+        """One invocation; raises what failed."""
+        out = self.invoke_many(function, [payload], 1)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+
+MAX_IDLE = 64  # idle keep-alive connections kept

@@ -1,15 +1,17 @@
 """Runs a layer's neuron requests in parallel through the Lambda Invoke API, with retries.
 
-Neuron invocations are pure, so a failed, throttled or timed-out one is simply sent again
-(up to `MAX_ATTEMPTS`; throttles back off and do not use up attempts so fast). What was
-absorbed is counted, and the trainer adds the counts to the run record at its next commit.
+All of a layer's requests go out at once, `concurrency` at a time, from the trainer's own
+thread (`Functions.call_many`: one keep-alive connection per request in flight, no thread
+per request). Neuron invocations are pure, so a failed, throttled or timed-out one is
+simply sent again (up to `MAX_ATTEMPTS`; a round with throttles backs off, and throttles
+do not use up attempts). What was absorbed is counted, and the trainer adds the counts to
+the run record at its next commit.
 """
 
 import random
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from state.errors import StateError, Throttled
 from state.functions import Functions
@@ -43,31 +45,48 @@ class LambdaInvoker:
     def __init__(self, functions: Functions, function: str, concurrency: int) -> None:
         self.functions = functions
         self.function = function
+        self.concurrency = concurrency
         self.counters = Counters()
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="neuron")
 
     def __call__(self, requests: Sequence[NeuronRequest]) -> list[NeuronResponse]:
-        if len(requests) == 1:  # no thread hop for a single block
-            return [self._one(requests[0])]
-        return list(self.pool.map(self._one, requests))
-
-    def _one(self, req: NeuronRequest) -> NeuronResponse:
-        payload = req.to_json()
-        attempts = throttles = 0
-        while True:
-            self.counters.add("invocations")
-            try:
-                return NeuronResponse.from_json(self.functions.call(self.function, payload))
-            except Throttled as e:
+        """Every request's response, in order; failed ones are sent again (all of a round's
+        failures together), throttled ones after a backoff."""
+        payloads = [r.to_json() for r in requests]
+        results: list[NeuronResponse | None] = [None] * len(requests)
+        attempts = [0] * len(requests)
+        throttles = 0
+        pending = list(range(len(requests)))
+        while pending:
+            self.counters.add("invocations", len(pending))
+            outs = self.functions.call_many(
+                self.function, [payloads[i] for i in pending], self.concurrency
+            )
+            again, throttled = [], False
+            for i, out in zip(pending, outs, strict=True):
+                req = requests[i]
+                try:
+                    if isinstance(out, Exception):
+                        raise out
+                    results[i] = NeuronResponse.from_json(out)
+                except Throttled as e:
+                    throttled = True
+                    self.counters.add("throttles")
+                    if throttles >= MAX_THROTTLES:
+                        raise NeuronFailed(
+                            f"layer {req.layer} neurons {req.lo}:{req.hi}: {e}"
+                        ) from e
+                    again.append(i)
+                except (StateError, PayloadError) as e:
+                    attempts[i] += 1
+                    if attempts[i] >= MAX_ATTEMPTS:
+                        raise NeuronFailed(
+                            f"layer {req.layer} neurons {req.lo}:{req.hi} failed "
+                            f"{attempts[i]} times: {e}"
+                        ) from e
+                    self.counters.add("retries")
+                    again.append(i)
+            if throttled:
                 throttles += 1
-                self.counters.add("throttles")
-                if throttles > MAX_THROTTLES:
-                    raise NeuronFailed(f"layer {req.layer} neurons {req.lo}:{req.hi}: {e}") from e
                 time.sleep(min(1.0, 0.01 * 2**throttles) * random.uniform(0.5, 1.0))
-            except (StateError, PayloadError) as e:
-                attempts += 1
-                if attempts >= MAX_ATTEMPTS:
-                    raise NeuronFailed(
-                        f"layer {req.layer} neurons {req.lo}:{req.hi} failed {attempts} times: {e}"
-                    ) from e
-                self.counters.add("retries")
+            pending = again
+        return [r for r in results if r is not None]

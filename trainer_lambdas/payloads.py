@@ -1,13 +1,13 @@
 """One typed payload per event kind, with validation that raises `PayloadError`.
 
-Arrays travel as {"shape": [...], "f8": base64 of little-endian float64 bytes}: exact,
-compact, and no pickle. A neuron request's arrays (a first-layer block's weights are 2 MB)
-are spliced into the JSON as bytes: base64 needs no escaping, and `json.dumps` of a large
-string costs more than encoding it.
+Arrays travel as {"shape": [...], "f8": hex of their little-endian float64 bytes}: exact
+and no pickle. Hex rather than base64: a third larger, but it encodes and decodes about three
+times faster in CPython, and decoding the layer inputs of each request was the largest cost
+of a neuron invocation. A neuron request's arrays (a first-layer block's weights are 2 MB
+in the primal form) are spliced into the JSON as bytes: hex needs no escaping, and
+`json.dumps` of a large string costs more than encoding it.
 """
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +22,14 @@ class PayloadError(ValueError):
 
 def pack(a: np.ndarray) -> dict[str, Any]:
     a = np.ascontiguousarray(a, dtype="<f8")
-    return {"shape": list(a.shape), "f8": base64.b64encode(a.tobytes()).decode("ascii")}
+    return {"shape": list(a.shape), "f8": a.tobytes().hex()}
 
 
 def unpack(d: Any, what: str) -> np.ndarray:
     try:
         shape = tuple(int(n) for n in d["shape"])
-        a = np.frombuffer(binascii.a2b_base64(d["f8"]), dtype="<f8").reshape(shape)
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        a = np.frombuffer(bytes.fromhex(d["f8"]), dtype="<f8").reshape(shape)
+    except (KeyError, TypeError, ValueError) as e:
         raise PayloadError(f"'{what}' is not a packed array: {e}") from e
     return a.astype(np.float64)  # a writable native copy
 
@@ -83,7 +83,7 @@ class NeuronRequest:
             a = np.ascontiguousarray(v, dtype="<f8")
             parts += [
                 f', "{k}": {{"shape": {list(a.shape)}, "f8": "'.encode(),
-                base64.b64encode(a.tobytes()),
+                a.tobytes().hex().encode("ascii"),
                 b'"}',
             ]
         parts.append(b"}")

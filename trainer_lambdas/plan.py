@@ -4,7 +4,7 @@
 invocation, the default). The `hybrid` plan fans out only the first `remote_layers` layers:
 the other layers get no blocks, and the trainer computes them itself. Blocks are capped so
 that a request or response stays under Lambda's 6 MB synchronous payload limit (a block's
-weight gradient is rows x inputs float64 values, base64-encoded).
+weight gradient is rows x inputs float64 values, hex-encoded).
 """
 
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 PAYLOAD_LIMIT = 6 * 1024 * 1024
 # What the arrays of one block may take, leaving room for the rest of the JSON.
 ARRAY_BUDGET = 4 * 1024 * 1024
-B64 = 4 / 3
+HEX = 2  # bytes of payload per byte of array (hex)
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Block:
 
 def max_rows(n_prev: int, m: int) -> int:
     """Most rows one block may carry: its dW (rows x n_prev) and z/a/da (rows x m)."""
-    per_row = 8 * B64 * (n_prev + 3 * m + 1)
+    per_row = 8 * HEX * (n_prev + 3 * m + 1)
     return max(1, int(ARRAY_BUDGET // per_row))
 
 

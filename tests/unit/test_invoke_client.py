@@ -105,3 +105,49 @@ def test_a_fresh_connection_that_drops_is_an_error(server) -> None:  # type: ign
     replies += [lambda b: None]
     with pytest.raises(ConnectionResetError):
         _client(port).invoke("f", b"{}")
+
+
+def test_invoke_many_runs_a_window_in_parallel_and_keeps_the_order() -> None:
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.3)
+            status = 500 if body == b"boom" else 200
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = _client(server.server_address[1])
+        payloads = [b"0", b"1", b"boom", b"3", b"4", b"5"]
+        began = time.monotonic()
+        out = c.invoke_many("f", payloads, window=3)
+        took = time.monotonic() - began
+        assert [(r.status, r.body) for r in out] == [  # type: ignore[union-attr]
+            (200 if p != b"boom" else 500, p) for p in payloads
+        ]
+        assert took < 1.2  # two windows of three at once: 0.6 s, not 1.8 s one by one
+        assert len(c._idle) == 3  # the connections are kept for the next window
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_invoke_many_reports_each_failure_in_its_place() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    out = _client(port).invoke_many("f", [b"a", b"b"], window=2)
+    assert all(isinstance(r, ConnectionRefusedError) for r in out)
