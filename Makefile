@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/itsacat bench --out bench/results $(BENCH_ARGS)
 
 bench-scaling: install
-	$(BIN)/itsacat bench --scaling --epochs 4 --out bench/results $(BENCH_ARGS)
+	$(BIN)/itsacat bench --scaling --epochs 40 --out bench/results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

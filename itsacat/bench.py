@@ -291,8 +291,9 @@ def bench(
     params_file: str | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     neurons1: int | None = None,
+    commit_every: int | None = None,
 ) -> dict[str, Any]:
-    """The object `itsacat bench --json` prints."""
+    """The object `itsacat bench --json` prints (`commit_every`: instead of the default)."""
     from itsacat.inputs import load_dataset, load_params
     from trainer_lambdas.nn import params as params_mod
 
@@ -320,7 +321,10 @@ def bench(
         env = info.env()
         for name in plans:
             spec = PLANS[name]
-            p = params_mod.parse({**base, **spec.overrides()})
+            over = spec.overrides()
+            if commit_every is not None:
+                over["commit_every"] = commit_every
+            p = params_mod.parse({**base, **over})
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
             blocks, backward, in_dual = _network_blocks(int(x.shape[0]), p, int(x.shape[1]))
@@ -382,7 +386,10 @@ def scaling(
         for width, rep in configs:
             path = dataset if rep == 1 else repeated_dataset(dataset, rep, Path(tmp))
             log(f"scaling: width {width}, data x{rep}")
-            result = bench(path, epochs, plans, log=log, neurons1=width)
+            # short runs: commit four times per run, so that epochs are timed between commits
+            result = bench(
+                path, epochs, plans, log=log, neurons1=width, commit_every=max(1, epochs // 4)
+            )
             row: dict[str, Any] = {
                 "width": width,
                 "examples": result["network"]["m"],

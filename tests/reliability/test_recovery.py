@@ -30,7 +30,8 @@ from tests.reliability.support import (
 )
 from trainer_lambdas import datasets
 
-LONG = {**PARAMS, "epochs": 30}  # long enough to be stopped in the middle
+# long enough to be stopped in the middle, committing every step (the default is every 50)
+LONG = {**PARAMS, "epochs": 30, "commit_every": 1}
 
 
 def test_killing_the_trainer_mid_run_then_lambda_retrying_gives_the_same_numbers(
