@@ -1,7 +1,8 @@
-"""The "done when" of issues 2 and 4 on the real data (slow: `make slow`).
+"""The "done when" of issues 2 and 4 on the real data, in `make test`.
 
-The default parameters trained through the embedded stack reach at least 80% test
-accuracy, with the same per-epoch costs as the reference trainer.
+The default parameters (2,500 epochs, one neuron per invocation) trained through the
+embedded stack reach at least 80% test accuracy, with the same per-epoch costs as the
+reference trainer. About a minute and a half on this 2-core machine.
 """
 
 import json
@@ -17,8 +18,7 @@ from tests.e2e.conftest import Stack
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)  # about 12 minutes on 2 cores
+@pytest.mark.timeout(1200)  # about 90 s on 2 cores
 def test_default_training_on_the_cat_data_equals_reference(stack: Stack, shared_data: Path) -> None:
     data = str(shared_data / "datasets.h5")
     ref = subprocess.run(
