@@ -215,8 +215,14 @@ def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None
         ({**PARAMS, "learning_rate": -1}, None, "'learning_rate' must be a positive number"),
         ("not json", None, "not valid JSON"),
         (PARAMS, b"this is not hdf5", "not a readable HDF5 file"),
+        (
+            {**PARAMS, "first_layer": "dual"},
+            datasets.to_bytes(datasets.synthesize(m_train=5800, m_test=0, side=2, seed=1)),
+            "first_layer 'dual' needs a 5800 x 5800 Gram matrix",
+        ),
+        ({**PARAMS, "first_layer": "kernel"}, None, "'first_layer' must be one of auto"),
     ],
-    ids=["negative-learning-rate", "bad-json", "broken-dataset"],
+    ids=["negative-learning-rate", "bad-json", "broken-dataset", "gram-too-big", "bad-form"],
 )
 def test_bad_input_fails_the_run_with_the_reason(
     world: World, params: object, body: bytes | None, reason: str

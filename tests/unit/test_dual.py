@@ -63,3 +63,31 @@ def test_use_dual_decides_by_shape_and_form() -> None:
     assert not dual.use_dual("auto", 12288, big)
     with pytest.raises(ParameterError, match="Gram matrix"):
         dual.use_dual("dual", 12288, big)
+
+
+def test_a_dual_form_request_must_be_a_first_layer_forward() -> None:
+    import json
+
+    from trainer_lambdas.payloads import NeuronRequest, PayloadError
+
+    def req(**over: object) -> dict:
+        r = NeuronRequest(
+            run_id="r",
+            data_key="k",
+            phase="forward",
+            layer=1,
+            lo=0,
+            hi=1,
+            activation="relu",
+            w=np.zeros((1, M)),
+            b=np.zeros((1, 1)),
+            p0=np.ones((1, M)),
+        )
+        return {**json.loads(r.to_json()), **over}
+
+    ok = NeuronRequest.from_event(req())
+    assert ok.p0 is not None and ok.p0.shape == (1, M)
+    with pytest.raises(PayloadError, match="only a first-layer forward"):
+        NeuronRequest.from_event(req(layer=2))
+    with pytest.raises(PayloadError, match="is not a packed array"):
+        NeuronRequest.from_event(req(p0={"shape": [1, 2], "f8": "zz"}))

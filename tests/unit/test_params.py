@@ -101,6 +101,16 @@ def test_batch_size_zero_means_full_batch() -> None:
     assert json.loads(json.dumps(p.to_json()))["batch_size"] is None
 
 
+def test_first_layer_form_and_commit_every_defaults() -> None:
+    p = params.parse(base())
+    assert p.first_layer == "auto" and p.commit_every == 50
+    for form in ("auto", "dual", "primal"):
+        q = params.parse(base(first_layer=form))
+        assert q.first_layer == form and params.parse(q.to_json()) == q
+    with pytest.raises(params.ParameterError, match="'first_layer' must be one of auto"):
+        params.parse(base(first_layer="Dual"))
+
+
 def test_plan_key_defaults_to_fanout_and_accepts_hybrid() -> None:
     assert params.parse(base()).plan == "fanout"
     p = params.parse(base(plan="hybrid", fanout=4096, commit_every=10))
