@@ -444,11 +444,15 @@ class InvokeHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         """The request line and headers, without the `email` parser the base class uses
         (a third of the runtime's CPU under a fan-out went there)."""
+        self.command = ""  # send_error reads it
         raw: bytes = self.raw_requestline  # type: ignore[attr-defined]
         self.requestline = line = str(raw, "iso-8859-1").rstrip("\r\n")
+        self.request_version = "HTTP/1.0"
+        if not line:  # a stray empty line: close quietly, as the base class does
+            self.close_connection = True
+            return False
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self.request_version = "HTTP/1.0"
             self.close_connection = True
             self.send_error(400, f"Bad request line {line!r}")
             return False
@@ -456,11 +460,14 @@ class InvokeHandler(BaseHTTPRequestHandler):
         headers = _Headers()
         while True:
             raw = self.rfile.readline(_MAX_HEADER_LINE + 1)
+            if not raw:  # the client went away in the middle of the headers
+                self.close_connection = True
+                return False
             if len(raw) > _MAX_HEADER_LINE or len(headers) > _MAX_HEADERS:
                 self.close_connection = True
                 self.send_error(431, "Request header fields too large")
                 return False
-            if raw in (b"\r\n", b"\n", b""):
+            if raw in (b"\r\n", b"\n"):
                 break
             name, _, value = raw.decode("iso-8859-1").partition(":")
             headers[name.strip().lower()] = value.strip()
@@ -469,7 +476,8 @@ class InvokeHandler(BaseHTTPRequestHandler):
         self.close_connection = connection == "close" or (
             self.request_version == "HTTP/1.0" and connection != "keep-alive"
         )
-        if headers.get("expect", "").lower() == "100-continue":
+        expect = headers.get("expect", "").lower() == "100-continue"
+        if expect and self.request_version != "HTTP/1.0":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 

@@ -180,10 +180,15 @@ class Worker:
     def _ready(self, timeout_s: float) -> bool:
         """Whether a response (or EOF) arrives within `timeout_s`: one poll(2) on a poller
         kept for the worker (Connection.poll builds a selector on every call)."""
+        if self._closed:
+            raise OSError("the worker's pipe is closed")
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self._responses.fileno(), select.POLLIN)
-        return bool(self._poller.poll(int(timeout_s * 1000) + 1))
+        events = self._poller.poll(int(timeout_s * 1000) + 1)
+        if any(flags & select.POLLNVAL for _, flags in events):
+            raise OSError("the worker's pipe is closed")
+        return bool(events)
 
     def _exit_status(self) -> str:
         try:

@@ -239,7 +239,7 @@ def run_plan(
     written = _cost_times(env["COSTS_TABLE"], run_id)
     return {
         "run_id": run_id,
-        "costs": runs.costs.list(run_id),
+        "costs": runs.costs.list(run_id, upto=int(run.get("epochs_done", 0))),
         "epoch_s": median_epoch_s(written),
         "wall_s": time.monotonic() - began,
         "counters": {k: int(run.get(k, 0)) for k in ("invocations", "retries", "throttles")},

@@ -90,7 +90,8 @@ class Runs:
 
     def summary(self, run_id: str) -> dict[str, Any]:
         """The fields of `itsacat train --json` and `itsacat runs show --json`."""
-        return summarize(self.get(run_id), self.costs.list(run_id))
+        run = self.get(run_id)
+        return summarize(run, self.costs.list(run_id, upto=int(run.get("epochs_done", 0))))
 
     def listing(self) -> list[dict[str, Any]]:
         try:

@@ -1,8 +1,10 @@
 """The costs table: one row per run and epoch.
 
 The trainer writes an epoch's row when it commits the step that ends the epoch, in
-batches (`put_many`): the costs of a run are a function of its data and parameters, so a
-row written twice (a trainer that lost its lease after writing) holds the same cost.
+batches (`put_many`), just before the conditional commit: the costs of a run are a function
+of its data and parameters, so a row written twice holds the same cost, and a row written
+by a trainer whose commit was then refused is beyond the run's `epochs_done`, which
+readers pass as `upto`.
 """
 
 import time
@@ -61,8 +63,10 @@ class CostStore(LazyClient):
             raise translate(e, f"write costs of run {run_id}") from e
         return calls
 
-    def list(self, run_id: str) -> list[float]:
-        """The run's costs in epoch order, exactly as the trainer computed them."""
+    def list(self, run_id: str, upto: int | None = None) -> list[float]:
+        """The run's costs in epoch order, exactly as the trainer computed them; with `upto`
+        (the run's committed `epochs_done`), only epochs below it: a trainer whose commit
+        was refused (cancelled, taken over) may have written rows beyond it."""
         costs: list[tuple[int, float]] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,
@@ -82,4 +86,4 @@ class CostStore(LazyClient):
         except (ClientError, BotoCoreError) as e:
             raise translate(e, f"read costs of run {run_id}") from e
         costs.sort()
-        return [c for _, c in costs]
+        return [c for epoch, c in costs if upto is None or epoch < upto]

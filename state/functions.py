@@ -6,7 +6,6 @@ errors: `Throttled` for TooManyRequestsException, `NotFound` for an unknown func
 and `FunctionFailed` when the function ran and raised (or timed out).
 """
 
-import http.client
 import json
 import os
 import threading
@@ -63,10 +62,8 @@ class Functions(LazyClient):
         what = f"invoke {function}"
         results: list[bytes | StateError] = []
         for out in self._invoker().invoke_many(function, payloads, window):
-            if isinstance(out, OSError | http.client.HTTPException | ValueError):
+            if isinstance(out, Exception):  # network, protocol or signing (credentials)
                 results.append(StateError(f"{what}: {out!r}"))
-            elif isinstance(out, Exception):
-                raise out
             elif out.status != 200:
                 results.append(_error(out.status, out.headers, out.body, what))
             elif out.headers.get("x-amz-function-error"):

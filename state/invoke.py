@@ -4,9 +4,11 @@ A trainer makes tens of thousands of `RequestResponse` invocations per run. Thro
 each one costs about 1 ms of the trainer's CPU (request model, hooks, validation, response
 parsing), more than the neuron's own work; this client builds the one request by hand:
 the `POST /2015-03-31/functions/<name>/invocations` of the Lambda API reference, signed
-with Signature Version 4 (tested to sign exactly as botocore does), over one keep-alive
-connection per thread. The endpoint, region and credentials are boto3's, so it reaches the
-same place as every other client: AWS, or the embedded stack's Lambda endpoint.
+with Signature Version 4 (tested to sign exactly as botocore does), over a pool of
+keep-alive connections, one per request in flight (`invoke_many` sends a whole layer's
+requests before reading the answers: parallel without a thread per request). The
+endpoint, region and credentials are boto3's, so it reaches the same place as every other
+client: AWS, or the embedded stack's Lambda endpoint.
 
 It returns the status, headers and body; `state.functions` turns them into domain errors.
 """
@@ -17,6 +19,8 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import os
+import select
 import socket
 import ssl
 import threading
@@ -120,15 +124,21 @@ class _Connection:
 
     http.client parses every response's headers with the `email` package, which cost more
     of a trainer's CPU than anything else in an invocation; this reads the status line and
-    headers itself (Content-Length or chunked bodies).
+    headers itself (Content-Length or chunked bodies). TCP keep-alive is on, as botocore's
+    Lambda client had it, so that a peer that vanished during a long invocation is noticed.
     """
 
-    def __init__(self, hostname: str, port: int, https: bool, timeout_s: float) -> None:
-        sock = socket.create_connection((hostname, port), timeout=timeout_s)
+    def __init__(
+        self, hostname: str, port: int, https: bool, connect_s: float, read_s: float
+    ) -> None:
+        sock = socket.create_connection((hostname, port), timeout=connect_s)
         try:
+            sock.settimeout(read_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if https:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=hostname)
+                context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
+                sock = context.wrap_socket(sock, server_hostname=hostname)
         except BaseException:
             sock.close()
             raise
@@ -141,6 +151,17 @@ class _Connection:
         self.rfile.close()
         self.sock.close()
 
+    def stale(self) -> bool:
+        """Whether an idle connection has something to read: the server closed it, or sent
+        what no request asked for. Either way it must not carry the next request."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def _line(self) -> bytes:
         line = self.rfile.readline(_MAX_LINE + 1)
         if not line:
@@ -148,6 +169,12 @@ class _Connection:
         if len(line) > _MAX_LINE:
             raise http.client.LineTooLong("header line")
         return line
+
+    def _read(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) != n:
+            raise http.client.IncompleteRead(data, n - len(data))
+        return data
 
     def send(self, head: bytes, body: bytes) -> None:
         self.sock.sendall(head + body)
@@ -164,21 +191,19 @@ class _Connection:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             data = self._chunked()
         elif "content-length" in headers:
-            n = int(headers["content-length"])
-            data = self.rfile.read(n)
-            if len(data) != n:
-                raise http.client.IncompleteRead(data, n - len(data))
+            data = self._read(int(headers["content-length"]))
         else:  # the body runs to the end of the connection
             data = self.rfile.read()
             self.open = False
-        if headers.get("connection", "").lower() == "close":
+        connection = headers.get("connection", "").lower()
+        if connection == "close" or (status_line[0] == b"HTTP/1.0" and connection != "keep-alive"):
             self.open = False
         return Response(status, headers, data)
 
     def _chunked(self) -> bytes:
         parts = []
         while (size := int(self._line().split(b";")[0], 16)) > 0:
-            parts.append(self.rfile.read(size))
+            parts.append(self._read(size))
             self._line()  # the CRLF after the chunk
         while self._line() not in (b"\r\n", b"\n"):  # trailers
             pass
@@ -186,10 +211,12 @@ class _Connection:
 
 
 _MAX_LINE = 65536
+CONNECT_TIMEOUT_S = 60.0  # botocore's default
+MAX_IDLE = 64  # idle keep-alive connections kept (at least a window's worth)
 
 
 class InvokeClient:
-    """`RequestResponse` invocations, one keep-alive connection per calling thread."""
+    """`RequestResponse` invocations over a pool of keep-alive connections."""
 
     def __init__(
         self,
@@ -206,13 +233,15 @@ class InvokeClient:
         self.hostname = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
         default_port = (self.https and self.port == 443) or (not self.https and self.port == 80)
-        self.host = self.hostname if default_port else f"{self.hostname}:{self.port}"
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname  # IPv6
+        self.host = host if default_port else f"{host}:{self.port}"
         self.region = region
         self.credentials = credentials  # botocore Credentials (refreshable or not)
         self.timeout_s = timeout_s
         self.user_agent = user_agent
         self._signer = Signer(region=region)
         self._idle: list[_Connection] = []
+        self._max_idle = MAX_IDLE
         self._lock = threading.Lock()
 
     def _request(self, function: str, payload: bytes) -> bytes:
@@ -233,30 +262,32 @@ class InvokeClient:
         )
         return (head + "\r\n").encode("latin-1")
 
+    def _new(self) -> _Connection:
+        return _Connection(
+            self.hostname,
+            self.port,
+            self.https,
+            min(CONNECT_TIMEOUT_S, self.timeout_s),
+            self.timeout_s,
+        )
+
     def _take(self) -> tuple[_Connection, bool]:
-        """An idle keep-alive connection (True: reused), or a new one."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return _Connection(self.hostname, self.port, self.https, self.timeout_s), False
+        """An idle keep-alive connection that is still good (True: reused), or a new one."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._new(), False
+            if not conn.stale():
+                return conn, True
+            conn.close()
 
     def _give(self, conn: _Connection) -> None:
         with self._lock:
-            if conn.open and len(self._idle) < MAX_IDLE:
+            if conn.open and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
                 return
         conn.close()
-
-    def _fresh_roundtrip(self, head: bytes, payload: bytes) -> Response:
-        conn = _Connection(self.hostname, self.port, self.https, self.timeout_s)
-        try:
-            conn.send(head, payload)
-            response = conn.receive()
-        except BaseException:
-            conn.close()
-            raise
-        self._give(conn)
-        return response
 
     def invoke_many(
         self, function: str, payloads: list[bytes], window: int = 32
@@ -265,43 +296,61 @@ class InvokeClient:
 
         Each request of a window goes out on its own keep-alive connection, then the
         responses are read in order: the invocations run in parallel without a thread per
-        request. A request that fails gets its exception in its place in the result. A
-        keep-alive connection the server had dropped is retried once on a fresh one
-        (re-sending is safe for what this client is for: neuron invocations are pure).
+        request. A request that fails gets its exception in its place in the result (signing
+        errors included). A reused connection the server had dropped is tried once more on
+        a fresh one, freshly signed (re-sending is safe for what this client is for: neuron
+        invocations are pure). A connection goes back to the pool only after a whole
+        response was read from it.
         """
+        window = max(1, window)
+        self._max_idle = max(MAX_IDLE, window)
         results: list[Response | Exception | None] = [None] * len(payloads)
-        for start in range(0, len(payloads), max(1, window)):
-            sent: list[tuple[int, _Connection, bool, bytes]] = []
-            for i in range(start, min(len(payloads), start + max(1, window))):
-                head = self._request(function, payloads[i])
-                try:
-                    conn, reused = self._take()
-                except Exception as e:
-                    results[i] = e
-                    continue
-                try:
-                    conn.send(head, payloads[i])
-                    sent.append((i, conn, reused, head))
-                except Exception as e:
+        for start in range(0, len(payloads), window):
+            sent: list[tuple[int, _Connection, bool]] = []
+            try:
+                for i in range(start, min(len(payloads), start + window)):
+                    conn = None
+                    try:
+                        head = self._request(function, payloads[i])
+                        conn, reused = self._take()
+                        conn.send(head, payloads[i])
+                    except Exception as e:
+                        if conn is not None:
+                            conn.close()
+                            if reused:
+                                results[i] = self._retry(function, payloads[i], e)
+                                continue
+                        results[i] = e
+                        continue
+                    sent.append((i, conn, reused))
+                while sent:
+                    i, conn, reused = sent.pop(0)
+                    try:
+                        results[i] = conn.receive()
+                    except Exception as e:
+                        conn.close()
+                        results[i] = self._retry(function, payloads[i], e) if reused else e
+                        continue
+                    self._give(conn)
+            finally:
+                for _, conn, _ in sent:  # not read (an exception went through): unusable
                     conn.close()
-                    results[i] = e if not reused else self._retry(head, payloads[i], e)
-            for i, conn, reused, head in sent:
-                try:
-                    results[i] = conn.receive()
-                except Exception as e:
-                    conn.close()
-                    results[i] = e if not reused else self._retry(head, payloads[i], e)
-                    continue
-                self._give(conn)
         return [r if r is not None else RuntimeError("not sent") for r in results]
 
-    def _retry(self, head: bytes, payload: bytes, first: Exception) -> Response | Exception:
+    def _retry(self, function: str, payload: bytes, first: Exception) -> Response | Exception:
         if not isinstance(first, ConnectionResetError | BrokenPipeError):
             return first
+        conn = None
         try:
-            return self._fresh_roundtrip(head, payload)
+            conn = self._new()
+            conn.send(self._request(function, payload), payload)
+            response = conn.receive()
         except Exception as e:
+            if conn is not None:
+                conn.close()
             return e
+        self._give(conn)
+        return response
 
     def invoke(self, function: str, payload: bytes) -> Response:
         """One invocation; raises what failed."""
@@ -309,6 +358,3 @@ class InvokeClient:
         if isinstance(out, Exception):
             raise out
         return out
-
-
-MAX_IDLE = 64  # idle keep-alive connections kept

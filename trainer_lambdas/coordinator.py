@@ -139,7 +139,7 @@ class Coordinator:
         # The first layer in the dual form (`nn.dual`): its state is C (n1 x m), and the
         # neurons need P0 = W1(0) X; W1 itself is rebuilt when the run finishes.
         basis = None
-        if dual.use_dual(p.first_layer, n_x, m):
+        if run.get("first_layer") == "dual":  # as the launcher decided (older runs: primal)
             basis = dual.Basis.of(initial_weights(p, n_x)[0][0], data.x)
         st = _State(
             cursor=int(run.cursor),

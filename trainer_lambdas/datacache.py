@@ -46,16 +46,15 @@ def columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
     """The batch's inputs: all columns, or the listed ones (the last slice is reused)."""
     if indices is None:
         return data.x
-    key = (id(data), tuple(indices))
-    cached = _LAST.get("key")
-    if cached == key:
-        return _LAST["x"]
+    key = tuple(indices)
+    with _LOCK:
+        last = data.derived.get("columns_last")
+        if last is not None and last[0] == key:
+            return last[1]
     x = data.x[:, indices]
-    _LAST.update(key=key, x=x)
+    with _LOCK:
+        data.derived["columns_last"] = (key, x)
     return x
-
-
-_LAST: dict = {}
 
 
 def gram_columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:

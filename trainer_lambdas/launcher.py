@@ -139,6 +139,8 @@ class Launcher:
             "classes": list(ds.classes),
             "steps_per_epoch": spe,
             "total_steps": p.epochs * spe,
+            # decided once: the stored weights' layout must not change under a running run
+            "first_layer": "dual" if in_dual else "primal",
             "weights_version": 0,
             "epochs_done": 0,
             "partial_sum": (0.0).hex(),

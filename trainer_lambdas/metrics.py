@@ -14,7 +14,7 @@ MAX_VALUES = 50  # values of one metric per EMF line (EMF allows 100; Powertools
 
 
 def record_epochs(run_id: str, rows: list[tuple[int, float, float]]) -> None:
-    """Emit (epoch, cost, seconds) rows, in order, as EMF lines of at most 100 epochs."""
+    """Emit (epoch, cost, seconds) rows, in order, as EMF lines of at most 50 epochs."""
     for i in range(0, len(rows), MAX_VALUES):
         chunk = rows[i : i + MAX_VALUES]
         m = Metrics(namespace=NAMESPACE, service="trainer")

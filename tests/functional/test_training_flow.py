@@ -25,12 +25,15 @@ PARAMS = {
 FOREVER = lambda: 10**9  # noqa: E731 - remaining time of an invocation that never runs out
 
 
-def launch(world: World, params: dict | None, body: bytes | None = None) -> str:
+def launch(world: World, params: dict | None, body: bytes | None = None, key: str = "") -> str:
+    folder = "training_input" + (f"/{key}" if key else "")
     if params is not None:
         world.s3.put_object(
-            Bucket="itsacat-test", Key="training_input/parameters.json", Body=json.dumps(params)
+            Bucket="itsacat-test", Key=f"{folder}/parameters.json", Body=json.dumps(params)
         )
-    obj = world.upload(datasets.to_bytes(DATA) if body is None else body)
+    obj = world.upload(
+        datasets.to_bytes(DATA) if body is None else body, key=f"{folder}/datasets.h5"
+    )
     out = Launcher(world.cfg, world.stores).launch(obj)
     return str(out["run_id"])
 
@@ -278,3 +281,36 @@ def test_a_long_commit_splits_into_emf_documents_of_50_epochs(
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [len(r["Cost"]) for r in records] == [50] * 5
     assert [r["epochs"][0] for r in records] == [0, 50, 100, 150, 200]
+
+
+def test_the_launcher_decides_the_first_layer_form_once_for_the_run(world: World) -> None:
+    """The trainer follows the run record, not the parameters' "auto": a run launched
+    before the dual form existed (no `first_layer` in its record) goes on training W1."""
+    run_id = launch(world, {**PARAMS, "epochs": 2})
+    assert world.stores.runs.get(run_id).get("first_layer") == "dual"  # 40 examples < 192 inputs
+    old = launch(world, {**PARAMS, "epochs": 2, "first_layer": "primal"}, key="old")
+    assert world.stores.runs.get(old).get("first_layer") == "primal"
+    world.stores.runs.client.update_item(
+        TableName=world.stores.runs.table,
+        Key={"run_id": {"S": old}},
+        UpdateExpression="REMOVE first_layer",
+    )
+    invoker = InProcessInvoker(world.stores.objects)
+    out = Coordinator(world.cfg, world.stores, invoker).drive(  # type: ignore[arg-type]
+        TrainerEvent(old), "req", FOREVER
+    )
+    assert out["outcome"] == "succeeded"
+    forward = [r for r in invoker.requests if r.layer == 1 and r.phase == "forward"]
+    assert {r.w.shape[1] for r in forward} == {192}  # primal rows, not 40 coefficients
+    assert_equal_to_reference(world, old, {**PARAMS, "epochs": 2, "first_layer": "primal"})
+
+
+def test_cost_rows_beyond_the_committed_epochs_are_not_read(world: World) -> None:
+    """A trainer writes an epoch's cost row just before its conditional commit; if the
+    commit is refused the row stays, past the run's `epochs_done`, and readers skip it."""
+    costs = world.stores.costs
+    assert costs.put_many("r", [(e, 1.0 / (e + 1), 0.01) for e in range(5)]) == 1
+    assert costs.list("r") == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    assert costs.list("r", upto=3) == [1.0, 0.5, 1 / 3]
+    rows = [(e, 0.5, 0.01) for e in range(60)]  # 25 rows per BatchWriteItem
+    assert costs.put_many("s", rows) == 3 and len(costs.list("s")) == 60

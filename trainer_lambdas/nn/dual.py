@@ -16,7 +16,10 @@ numbers instead of n1 x n_x. For this network (n_x = 12,288 inputs, m = 209 exam
 59 times fewer operations and bytes. The numbers are those of the primal trainer up to
 rounding (tested against the reference on every plan); W1 itself is rebuilt at the end.
 
-The dual form pays when there are fewer examples than inputs and G fits in memory: `use_dual`.
+The dual form pays when there are fewer examples than inputs and G is cheap enough to hold
+and to compute: `use_dual`. The launcher decides once per run and records it in the run
+record (`first_layer`), so that a run's stored state keeps one layout whatever the rule
+becomes.
 """
 
 from dataclasses import dataclass
@@ -30,6 +33,9 @@ from trainer_lambdas.nn.params import ParameterError
 
 # The Gram matrix is m x m float64: 256 MB at m = 5,792.
 MAX_GRAM_BYTES = 256 * 1024 * 1024
+# Computing it takes n_x * m^2 multiply-adds in every cold neuron worker (one vCPU): "auto"
+# stays under about 6e10 (12,288 inputs x 2,090 examples), a few seconds.
+MAX_AUTO_GRAM_FLOPS = 6e10
 
 
 def use_dual(form: str, n_x: int, m: int) -> bool:
@@ -44,7 +50,7 @@ def use_dual(form: str, n_x: int, m: int) -> bool:
                 f"{MAX_GRAM_BYTES // 2**20} MB: use 'primal' or 'auto'"
             )
         return True
-    return fits and m <= n_x
+    return fits and m <= n_x and n_x * m * m <= MAX_AUTO_GRAM_FLOPS
 
 
 def gram(x: np.ndarray) -> np.ndarray:
