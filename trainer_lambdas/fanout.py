@@ -13,6 +13,10 @@ A layer without blocks (the `hybrid` plan's small layers) is computed here, by t
 core functions on the whole layer, so the numbers do not depend on where it ran. Backward
 requests carry no weights: a block's gradients do not use them.
 
+The output layer's blocks compute their forward pass, the loss gradient of their rows (the
+cross-entropy's is elementwise: labels from the worker's data cache) and their backward
+pass in one invocation (phase "output"): one wave of invocations fewer per step.
+
 With the first layer in the dual form (`nn.dual`, `StepInputs.p0` set), its weights are the
 coefficients C: a forward request carries the block's rows of C and of P0, and the neuron
 multiplies them by its cached Gram matrix. The layer's backward pass is then dZ1 / m_b, an
@@ -53,9 +57,15 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
     p0 = None
     if inp.p0 is not None:
         p0 = inp.p0 if inp.indices is None else inp.p0[:, inp.indices]
+    last = len(blocks) - 1
+    # The output layer's blocks (when it is not also the first layer) compute forward, the
+    # loss gradient and backward in one invocation: one wave fewer per step.
+    fused = last > 0 and bool(blocks[last])
+    output_grads: neurons.Backward | None = None
     for layer, layer_blocks in enumerate(blocks):
         w, b = weights[layer]
         a_prev = None if layer == 0 else acts[-1]
+        phase = "output" if fused and layer == last else "forward"
         if layer == 0 and p0 is not None:
             reqs = [
                 _request(inp, blk, "forward", w[blk.lo : blk.hi], b, None, p0=p0[blk.lo : blk.hi])
@@ -68,11 +78,13 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             continue
         else:
             reqs = [
-                _request(inp, blk, "forward", w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
+                _request(inp, blk, phase, w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
             ]
         outs = invoke(reqs)
         zs.append(np.vstack([_need(o.z, "z") for o in outs]))
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
+        if phase == "output":
+            output_grads = _gradients(outs)
     cost = cross_entropy(acts[-1], inp.y)
     da = cross_entropy_grad(acts[-1], inp.y)
     new: Weights = list(weights)
@@ -91,31 +103,38 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             new[layer] = neurons.update(w, b, g, inp.learning_rate)
             da = g.da_prev
             continue
-        reqs = [
-            _request(
-                inp,
-                blk,
-                "backward",
-                w[blk.lo : blk.hi, :0],  # a block's gradients do not involve its weights
-                b,
-                a_prev,
-                z=zs[layer][blk.lo : blk.hi],
-                a=acts[layer][blk.lo : blk.hi],
-                da=da[blk.lo : blk.hi],
-            )
-            for blk in blocks[layer]
-        ]
-        outs = invoke(reqs)
-        grads = neurons.Backward(
-            dw=np.vstack([_need(o.dw, "dw") for o in outs]),
-            db=np.vstack([_need(o.db, "db") for o in outs]),
-            da_prev=np.zeros(0),
-            dz=np.vstack([_need(o.dz, "dz") for o in outs]),
-        )
+        if layer == last and output_grads is not None:
+            grads = output_grads  # computed with the forward pass
+        else:
+            reqs = [
+                _request(
+                    inp,
+                    blk,
+                    "backward",
+                    w[blk.lo : blk.hi, :0],  # a block's gradients do not involve its weights
+                    b,
+                    a_prev,
+                    z=zs[layer][blk.lo : blk.hi],
+                    a=acts[layer][blk.lo : blk.hi],
+                    da=da[blk.lo : blk.hi],
+                )
+                for blk in blocks[layer]
+            ]
+            grads = _gradients(invoke(reqs))
         new[layer] = neurons.update(w, b, grads, inp.learning_rate)
         if layer > 0:
             da = w.T @ grads.dz  # dL/dA_prev from every block's dZ rows, with W before the update
     return Step(cost=cost, weights=new)
+
+
+def _gradients(outs: list[NeuronResponse]) -> neurons.Backward:
+    """The blocks' gradients and dZ rows, stacked in block order."""
+    return neurons.Backward(
+        dw=np.vstack([_need(o.dw, "dw") for o in outs]),
+        db=np.vstack([_need(o.db, "db") for o in outs]),
+        da_prev=np.zeros(0),
+        dz=np.vstack([_need(o.dz, "dz") for o in outs]),
+    )
 
 
 def _request(
@@ -144,11 +163,17 @@ def _request(
     )
 
 
-def compute(req: NeuronRequest, a_prev: np.ndarray) -> NeuronResponse:
-    """What a neuron invocation computes, given the resolved previous activations."""
+def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None) -> NeuronResponse:
+    """What a neuron invocation computes, given the resolved previous activations (and,
+    for the output layer's fused phase, the batch's labels `y`)."""
     if req.phase == "forward":
         f = neurons.forward(req.w, req.b, a_prev, req.activation)
         return NeuronResponse(z=f.z, a=f.a)
+    if req.phase == "output":
+        f = neurons.forward(req.w, req.b, a_prev, req.activation)
+        da = cross_entropy_grad(f.a, _need(y, "y"))  # elementwise: each block its own rows
+        g = neurons.backward(req.w, f.z, f.a, a_prev, da, req.activation, a_prev.shape[1], False)
+        return NeuronResponse(z=f.z, a=f.a, dw=g.dw, db=g.db, dz=g.dz)
     z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
     g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], False)
     return NeuronResponse(dw=g.dw, db=g.db, dz=g.dz)

@@ -12,11 +12,17 @@ def compute(req: NeuronRequest, objects: ObjectStore) -> NeuronResponse:
     if req.p0 is not None:  # first layer, dual form: the inputs enter through their Gram matrix
         data = datacache.load(objects, req.data_key)
         return fanout.compute_dual(req, datacache.gram_columns(data, req.indices))
+    data = None
     if req.a_prev is None:
-        a_prev = datacache.columns(datacache.load(objects, req.data_key), req.indices)
+        data = datacache.load(objects, req.data_key)
+        a_prev = datacache.columns(data, req.indices)
     else:
         a_prev = req.a_prev
-    return fanout.compute(req, a_prev)
+    y = None
+    if req.phase == "output":  # the loss gradient needs the batch's labels
+        data = data or datacache.load(objects, req.data_key)
+        y = data.y if req.indices is None else data.y[:, req.indices]
+    return fanout.compute(req, a_prev, y)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

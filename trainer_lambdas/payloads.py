@@ -15,6 +15,9 @@ from urllib.parse import unquote_plus
 
 import numpy as np
 
+# forward; backward; output: forward, loss gradient and backward of an output-layer block
+PHASES = ("forward", "backward", "output")
+
 
 class PayloadError(ValueError):
     """An event that does not have the expected shape."""
@@ -48,7 +51,7 @@ class NeuronRequest:
 
     run_id: str
     data_key: str
-    phase: str  # "forward" or "backward"
+    phase: str  # one of PHASES
     layer: int
     lo: int
     hi: int
@@ -94,8 +97,8 @@ class NeuronRequest:
         if not isinstance(event, dict) or event.get("kind") != "neuron":
             raise PayloadError("not a neuron request")
         phase = event.get("phase")
-        if phase not in ("forward", "backward"):
-            raise PayloadError(f"phase must be forward or backward, got {phase!r}")
+        if phase not in PHASES:
+            raise PayloadError(f"phase must be forward, backward or output, got {phase!r}")
         try:
             req = cls(
                 run_id=str(event["run_id"]),

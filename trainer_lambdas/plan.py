@@ -58,12 +58,18 @@ def plan(
 
 def backward_blocks(p: list[list[Block]], dual: bool) -> list[list[Block]]:
     """The blocks invoked backward: all of them, but none of the first layer in the dual
-    form (its backward pass is dZ1 / m, which the trainer does itself: `nn.dual`)."""
-    return [[] if dual and i == 0 else blocks for i, blocks in enumerate(p)]
+    form (its backward pass is dZ1 / m, which the trainer does itself: `nn.dual`), and
+    none of the output layer when it is not the first (its blocks do their backward pass
+    in their forward invocation: `fanout.step`)."""
+    last = len(p) - 1
+    return [
+        [] if (dual and i == 0) or (i == last and i > 0) else blocks for i, blocks in enumerate(p)
+    ]
 
 
 def invocations_per_step(p: list[list[Block]], dual: bool = False) -> int:
-    """Forward, every block once; backward, every block of `backward_blocks` once."""
+    """Forward (the output layer's fused with its backward), every block once; backward,
+    every block of `backward_blocks` once."""
     return sum(len(b) for b in p) + sum(len(b) for b in backward_blocks(p, dual))
 
 

@@ -100,10 +100,11 @@ def test_distributed_run_equals_reference(world: World, over: dict) -> None:
 @pytest.mark.parametrize(
     ("form", "per_epoch"),
     [
-        # (4 + 3 + 1) neurons, forward and backward
-        ("primal", 2 * 8),
+        # (4 + 3 + 1) neurons forward, (4 + 3) backward: the output neuron's backward pass
+        # is in its forward invocation
+        ("primal", 8 + 7),
         # the same, but layer 1's backward pass (dZ1 / m) is the trainer's own: 4 fewer
-        ("dual", 2 * 8 - 4),
+        ("dual", 8 + 3),
     ],
 )
 def test_one_invocation_per_neuron_per_phase(world: World, form: str, per_epoch: int) -> None:
@@ -116,6 +117,7 @@ def test_one_invocation_per_neuron_per_phase(world: World, form: str, per_epoch:
     assert world.stores.runs.get(run_id).invocations == 2 * per_epoch
     first = [r for r in invoker.requests if r.layer == 1]
     assert {r.phase for r in first} == ({"forward"} if form == "dual" else {"forward", "backward"})
+    assert {r.phase for r in invoker.requests if r.layer == 3} == {"output"}
     # a dual-form request carries m = 40 coefficients per neuron, not n_x = 192 weights
     assert {r.w.shape[1] for r in first if r.phase == "forward"} == {40 if form == "dual" else 192}
 
@@ -194,9 +196,11 @@ def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None
     real = invoker.__call__
     seen = {"n": 0}
 
+    # 4 rounds of invocations per step: forward layers 1, 2 and 3 (the output layer, with
+    # its backward pass), backward layer 2 (layer 1's is the trainer's, in the dual form)
     def crashing(reqs):  # dies in the middle of the 7th step (commit_every 4)
         seen["n"] += 1
-        if seen["n"] > 6 * 6 + 2:
+        if seen["n"] > 6 * 4 + 2:
             raise RuntimeError("worker killed")
         return real(reqs)
 
