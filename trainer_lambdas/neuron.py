@@ -12,7 +12,7 @@ def compute(req: NeuronRequest, objects: ObjectStore) -> NeuronResponse:
     if req.p0 is not None:  # first layer, dual form: the inputs enter through their Gram matrix
         data = datacache.load(objects, req.data_key)
         return fanout.compute_dual(req, datacache.gram_columns(data, req.indices))
-    data = None
+    data: datacache.TrainingData | None = None
     if req.a_prev is None:
         data = datacache.load(objects, req.data_key)
         a_prev = datacache.columns(data, req.indices)
