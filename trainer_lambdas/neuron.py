@@ -1,4 +1,7 @@
-"""Lambda handler: forward or backward for one block of neurons. Pure compute, safe to repeat."""
+"""Lambda handler: one phase (forward, backward or output) of one block of neurons.
+
+Pure compute, safe to repeat.
+"""
 
 from typing import Any
 
@@ -8,20 +11,18 @@ from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
 
 
 def compute(req: NeuronRequest, objects: ObjectStore) -> NeuronResponse:
-    """The block's outputs; the training inputs come from the warm worker's cache."""
+    """The block's outputs; the training inputs (and labels) come from the warm worker's cache."""
     if req.p0 is not None:  # first layer, dual form: the inputs enter through their Gram matrix
         data = datacache.load(objects, req.data_key)
         return fanout.compute_dual(req, datacache.gram_columns(data, req.indices))
-    data: datacache.TrainingData | None = None
     if req.a_prev is None:
-        data = datacache.load(objects, req.data_key)
-        a_prev = datacache.columns(data, req.indices)
+        a_prev = datacache.columns(datacache.load(objects, req.data_key), req.indices)
     else:
         a_prev = req.a_prev
     y = None
     if req.phase == "output":  # the loss gradient needs the batch's labels
-        data = data or datacache.load(objects, req.data_key)
-        y = data.y if req.indices is None else data.y[:, req.indices]
+        labels = datacache.load(objects, req.data_key).y
+        y = labels if req.indices is None else labels[:, req.indices]
     return fanout.compute(req, a_prev, y)
 
 
