@@ -65,7 +65,10 @@ class NeuronRequest:
     da: np.ndarray | None = None  # backward only
     p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
 
-    def to_json(self) -> bytes:
+    def to_json(self, memo: dict[int, bytes] | None = None) -> bytes:
+        """The request as JSON bytes. `memo` (id of an array -> its encoding) lets the
+        requests of one layer, which share the layer's input, encode it once: the caller
+        keeps the requests, hence the arrays and their ids, alive while it is in use."""
         d: dict[str, Any] = {
             "kind": "neuron",
             "run_id": self.run_id,
@@ -83,12 +86,19 @@ class NeuronRequest:
             if v is None:
                 parts.append(f', "{k}": null'.encode())
                 continue
-            a = np.ascontiguousarray(v, dtype="<f8")
-            parts += [
-                f', "{k}": {{"shape": {list(a.shape)}, "f8": "'.encode(),
-                a.tobytes().hex().encode("ascii"),
-                b'"}',
-            ]
+            encoded = None if memo is None else memo.get(id(v))
+            if encoded is None:
+                a = np.ascontiguousarray(v, dtype="<f8")
+                encoded = b"".join(
+                    [
+                        f', "{k}": {{"shape": {list(a.shape)}, "f8": "'.encode(),
+                        a.tobytes().hex().encode("ascii"),
+                        b'"}',
+                    ]
+                )
+                if memo is not None and k == "a_prev":
+                    memo[id(v)] = encoded
+            parts.append(encoded)
         parts.append(b"}")
         return b"".join(parts)
 

@@ -103,3 +103,19 @@ def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k
     for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
         np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)
+
+
+def test_a_layers_shared_input_is_encoded_once_and_identically() -> None:
+    import json
+
+    a = rng.normal(size=(5, 9))
+    reqs = [
+        NeuronRequest("r", "k", "forward", 2, i, i + 1, "relu", a[i : i + 1], a[:, :1], a)
+        for i in range(3)
+    ]
+    memo: dict[int, bytes] = {}
+    shared = [r.to_json(memo) for r in reqs]
+    assert shared == [r.to_json() for r in reqs] and len(memo) == 1
+    back = [NeuronRequest.from_event(json.loads(p)) for p in shared]
+    assert all(np.array_equal(b.a_prev, a) for b in back)  # type: ignore[arg-type]
+    assert [b.w.tolist() for b in back] == [a[i : i + 1].tolist() for i in range(3)]
