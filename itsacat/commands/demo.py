@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("fanout", "hybrid"),
         default="fanout",
         help="fanout (default): every layer fans out, one neuron per invocation unless "
-        "--fanout (2,500 epochs in about 75 s here); hybrid: layer 1 fans out over the neuron "
+        "--fanout (2,500 epochs in about a minute here); hybrid: layer 1 fans out over the neuron "
         "function, the trainer computes the small layers (about 10 s)",
     )
     p.add_argument(
