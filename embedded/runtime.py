@@ -515,7 +515,7 @@ class InvokeHandler(BaseHTTPRequestHandler):
             self._proxy()
 
     def do_POST(self) -> None:
-        path = urlsplit(self.path).path
+        path = self.path.partition("?")[0]
         if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
             self._invoke(unquote(path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]))
         else:
