@@ -13,10 +13,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import LazyClient
-from state.errors import StateError, translate
-
-_BATCH = 25  # BatchWriteItem's limit
+from state.clients import LazyClient, batch_write
+from state.errors import translate
 
 
 def _item(run_id: str, epoch: int, cost: float, seconds: float, written: str) -> dict[str, Any]:
@@ -46,22 +44,7 @@ class CostStore(LazyClient):
             {"PutRequest": {"Item": _item(run_id, epoch, cost, seconds, now)}}
             for epoch, cost, seconds in rows
         ]
-        calls = 0
-        try:
-            for i in range(0, len(requests), _BATCH):
-                pending = {self.table: requests[i : i + _BATCH]}
-                for attempt in range(8):
-                    calls += 1
-                    out = self.client.batch_write_item(RequestItems=pending)
-                    pending = out.get("UnprocessedItems") or {}
-                    if not pending:
-                        break
-                    time.sleep(0.05 * 2**attempt)
-                else:
-                    raise StateError(f"write costs of run {run_id}: items still unprocessed")
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, f"write costs of run {run_id}") from e
-        return calls
+        return batch_write(self.client, self.table, requests, f"write costs of run {run_id}")
 
     def list(self, run_id: str, upto: int | None = None) -> list[float]:
         """The run's costs in epoch order, exactly as the trainer computed them; with `upto`

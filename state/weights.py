@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.clients import LazyClient
+from state.clients import LazyClient, batch_write
 from state.errors import NotFound, StateError, translate
 
 Weights = list[tuple[np.ndarray, np.ndarray]]
 TTL_SECONDS = 7 * 24 * 3600
-_BATCH = 25  # BatchWriteItem's limit
 
 
 def _pk(run_id: str, layer: int) -> str:
@@ -77,22 +76,7 @@ class WeightStore(LazyClient):
         return self._batch(reqs, f"delete weights v{version}")
 
     def _batch(self, requests: list[dict], what: str) -> int:
-        calls = 0
-        try:
-            for i in range(0, len(requests), _BATCH):
-                pending = {self.table: requests[i : i + _BATCH]}
-                for attempt in range(8):
-                    calls += 1
-                    out = self.client.batch_write_item(RequestItems=pending)
-                    pending = out.get("UnprocessedItems") or {}
-                    if not pending:
-                        break
-                    time.sleep(0.05 * 2**attempt)
-                else:
-                    raise StateError(f"{what}: items still unprocessed after retries")
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, what) from e
-        return calls
+        return batch_write(self.client, self.table, requests, what)
 
     def read(self, run_id: str, version: int, width: int, sizes: tuple[int, ...]) -> Weights:
         """All layers at `version` (first-layer rows `width` long); `NotFound` if a row is missing.
