@@ -22,6 +22,8 @@ PARAMS = {
     "neurons": {"layer1": 4, "layer2": 3, "layer3": 1},
     "learning_rate": 0.05,
 }
+# logistic regression: the output layer is also the first (no fused output phase)
+ONE_LAYER = {"layers": 1, "activations": {"layer1": "sigmoid"}, "neurons": {"layer1": 1}}
 FOREVER = lambda: 10**9  # noqa: E731 - remaining time of an invocation that never runs out
 
 
@@ -70,6 +72,8 @@ def assert_equal_to_reference(world: World, run_id: str, params: dict) -> None:
         {"first_layer": "primal"},
         {"first_layer": "primal", "batch_size": 16, "fanout": 3},
         {"plan": "hybrid", "fanout": 64, "batch_size": 16},
+        ONE_LAYER,
+        {**ONE_LAYER, "first_layer": "primal", "batch_size": 16},
     ],
     ids=[
         "full-fanout1",
@@ -79,6 +83,8 @@ def assert_equal_to_reference(world: World, run_id: str, params: dict) -> None:
         "primal",
         "primal-minibatch-fanout3",
         "hybrid-minibatch",
+        "one-layer-dual",
+        "one-layer-primal-minibatch",
     ],
 )
 def test_distributed_run_equals_reference(world: World, over: dict) -> None:
