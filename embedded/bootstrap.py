@@ -49,13 +49,19 @@ class LambdaContext:
         return max(0, self._deadline_ms - int(time.time() * 1000))
 
 
-def _to_json(value: Any) -> bytes:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, decimal.Decimal):
-            return int(obj) if obj == obj.to_integral_value() else float(obj)
-        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+def _decimal(obj: Any) -> Any:
+    if isinstance(obj, decimal.Decimal):
+        return int(obj) if obj == obj.to_integral_value() else float(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
-    return json.dumps(value, default=default).encode()
+
+_DECIMAL_ENCODER = json.JSONEncoder(default=_decimal)
+
+
+def _to_json(value: Any) -> bytes:
+    """The handler's result as JSON (DynamoDB's Decimals as numbers), as Lambda does.
+    One encoder built once: `json.dumps(value, default=...)` builds one per call."""
+    return _DECIMAL_ENCODER.encode(value).encode()
 
 
 def _error(error_type: str, message: str, request_id: str, stack: list[str]) -> dict[str, Any]:
