@@ -47,13 +47,6 @@ class Functions(LazyClient):
                 )
             return self._invoke
 
-    def call(self, function: str, payload: bytes) -> bytes:
-        """Invoke and wait (RequestResponse); the function's response bytes."""
-        out = self.call_many(function, [payload], 1)[0]
-        if isinstance(out, StateError):
-            raise out
-        return out
-
     def call_many(
         self, function: str, payloads: list[bytes], window: int = 32
     ) -> list[bytes | StateError]:
