@@ -239,7 +239,8 @@ def run_plan(
     written = _cost_times(env["COSTS_TABLE"], run_id)
     return {
         "run_id": run_id,
-        "costs": runs.costs.list(run_id, upto=int(run.get("epochs_done", 0))),
+        "costs": runs.costs.of_run(run),
+        "first_layer": run.get("first_layer", "primal"),
         "epoch_s": median_epoch_s(written),
         "wall_s": time.monotonic() - began,
         "counters": {k: int(run.get(k, 0)) for k in ("invocations", "retries", "throttles")},
@@ -270,17 +271,16 @@ def embedded_stack(workers: int = 4) -> Iterator[Any]:
 # ---------------------------------------------------------------------- the benchmark
 
 
-def _network_blocks(n_x: int, p: Any, m: int) -> tuple[list[int], list[int], bool]:
-    """Blocks per layer invoked forward and backward, and whether layer 1 is in dual form."""
-    from trainer_lambdas.nn import dual
-    from trainer_lambdas.plan import backward_blocks, for_params
+def _network_blocks(n_x: int, p: Any, m: int, in_dual: bool) -> tuple[list[int], list[int], int]:
+    """Blocks per layer invoked forward and backward, and invocations per step, for a run
+    whose first layer is (`in_dual`) or is not in the dual form."""
+    from trainer_lambdas.plan import backward_blocks, for_params, invocations_per_step
 
     blocks = for_params(n_x, p.neurons, p.fanout, m, p.plan)
-    in_dual = dual.use_dual(p.first_layer, n_x, m)
     return (
         [len(layer) for layer in blocks],
         [len(layer) for layer in backward_blocks(blocks, in_dual)],
-        in_dual,
+        invocations_per_step(blocks, in_dual),
     )
 
 
@@ -327,13 +327,15 @@ def bench(
             p = params_mod.parse({**base, **over})
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
-            blocks, backward, in_dual = _network_blocks(int(x.shape[0]), p, int(x.shape[1]))
+            in_dual = r["first_layer"] == "dual"  # as the launcher decided for the run
+            blocks, backward, planned = _network_blocks(
+                int(x.shape[0]), p, int(x.shape[1]), in_dual
+            )
             r["ratio"] = r["epoch_s"] / ref
             r["max_rel_cost_diff"] = max_relative_difference(r.pop("costs"), ref_costs)
-            r["first_layer"] = "dual" if in_dual else "primal"
             r["blocks_per_layer"] = blocks
             r["backward_blocks_per_layer"] = backward
-            r["invocations_per_epoch_planned"] = sum(blocks) + sum(backward)
+            r["invocations_per_epoch_planned"] = planned
             r["commit_every"] = p.commit_every
             out["plans"][name] = r
             log(f"  {1000 * r['epoch_s']:.1f} ms/epoch ({r['ratio']:.1f}x the reference)")

@@ -97,7 +97,7 @@ def gather(run_id: str, sources: Sources) -> ReportInputs:
     if run.status != SUCCEEDED:
         raise UserError(_not_finished(run))
     try:
-        costs = sources.costs.list(run_id, upto=int(run.get("epochs_done", 0)))
+        costs = sources.costs.of_run(run)
     except StateError as e:
         raise UserError(f"cannot read the costs of run {run_id}: {e}") from e
     try:

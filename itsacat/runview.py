@@ -91,7 +91,7 @@ class Runs:
     def summary(self, run_id: str) -> dict[str, Any]:
         """The fields of `itsacat train --json` and `itsacat runs show --json`."""
         run = self.get(run_id)
-        return summarize(run, self.costs.list(run_id, upto=int(run.get("epochs_done", 0))))
+        return summarize(run, self.costs.of_run(run))
 
     def listing(self) -> list[dict[str, Any]]:
         try:

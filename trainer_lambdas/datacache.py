@@ -44,17 +44,7 @@ def load(objects: ObjectStore, key: str) -> TrainingData:
 
 def columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
     """The batch's inputs: all columns, or the listed ones (the last slice is reused)."""
-    if indices is None:
-        return data.x
-    key = tuple(indices)
-    with _LOCK:
-        last = data.derived.get("columns_last")
-        if last is not None and last[0] == key:
-            return last[1]
-    x = data.x[:, indices]
-    with _LOCK:
-        data.derived["columns_last"] = (key, x)
-    return x
+    return data.x if indices is None else _last_slice(data, "columns_last", data.x, indices)
 
 
 def gram_columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
@@ -63,12 +53,18 @@ def gram_columns(data: TrainingData, indices: list[int] | None) -> np.ndarray:
         g = data.derived.get("gram")
         if g is None:
             g = data.derived["gram"] = dual.gram(data.x)
-        if indices is None:
-            return g
-        key = tuple(indices)
-        last = data.derived.get("gram_last")
+    return g if indices is None else _last_slice(data, "gram_last", g, indices)
+
+
+def _last_slice(data: TrainingData, slot: str, full: np.ndarray, indices: list[int]) -> np.ndarray:
+    """`full[:, indices]`, kept in `data.derived[slot]` for the next request of the same
+    batch (a step's blocks all ask for the same columns)."""
+    key = tuple(indices)
+    with _LOCK:
+        last = data.derived.get(slot)
         if last is not None and last[0] == key:
             return last[1]
-        cols = g[:, indices]
-        data.derived["gram_last"] = (key, cols)
-        return cols
+    cols = full[:, indices]
+    with _LOCK:
+        data.derived[slot] = (key, cols)
+    return cols

@@ -44,6 +44,14 @@ def direct(reqs):  # the neuron function, in-process, without the data cache
     return [fanout.compute(r, r.a_prev if r.a_prev is not None else X, Y) for r in reqs]
 
 
+def assert_same_step(got, want) -> None:  # type: ignore[no-untyped-def]
+    """The distributed step's cost and new weights are the vectorised step's."""
+    assert got.cost == pytest.approx(want.cost, rel=1e-12)
+    for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
+        np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)
+
+
 rng = np.random.default_rng(0)
 X = rng.normal(size=(6, 9))
 Y = rng.integers(0, 2, (1, 9)).astype(float)
@@ -60,10 +68,7 @@ def test_distributed_step_equals_the_network_step(k: int) -> None:
     inputs = fanout.StepInputs("r", "k", acts, 0.1, Y, None)
     got = fanout.step(weights, plan(6, (5, 3, 1), k, 9), inputs, direct)
     want = network.step(weights, acts, X, Y, 0.1)
-    assert got.cost == pytest.approx(want.cost, rel=1e-12)
-    for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
-        np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)
+    assert_same_step(got, want)
 
 
 def test_payloads_round_trip_exactly() -> None:
@@ -99,10 +104,7 @@ def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k
     assert {r.layer for r in sent} == {1}
     # the first layer's backward needs no weights, so none are sent
     assert all(r.w.size == 0 for r in sent if r.phase == "backward")
-    assert got.cost == pytest.approx(want.cost, rel=1e-12)
-    for (w, b), (ww, wb) in zip(got.weights, want.weights, strict=True):
-        np.testing.assert_allclose(w, ww, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(b, wb, rtol=1e-12, atol=1e-15)
+    assert_same_step(got, want)
 
 
 def test_a_layers_shared_input_is_encoded_once_and_identically() -> None:
