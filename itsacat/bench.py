@@ -272,15 +272,16 @@ def embedded_stack(workers: int = 4) -> Iterator[Any]:
 
 
 def _network_blocks(n_x: int, p: Any, m: int, in_dual: bool) -> tuple[list[int], list[int], int]:
-    """Blocks per layer invoked forward and backward, and invocations per step, for a run
-    whose first layer is (`in_dual`) or is not in the dual form."""
-    from trainer_lambdas.plan import backward_blocks, for_params, invocations_per_step
+    """Blocks per layer invoked forward and backward in every step, and blocks invoked
+    before each commit (`fanout.settle`), for a run whose first layer is (`in_dual`) or is
+    not in the dual form."""
+    from trainer_lambdas.plan import backward_blocks, deferred_blocks, for_params
 
     blocks = for_params(n_x, p.neurons, p.fanout, m, p.plan)
     return (
         [len(layer) for layer in blocks],
         [len(layer) for layer in backward_blocks(blocks, in_dual)],
-        invocations_per_step(blocks, in_dual),
+        sum(len(layer) for layer in deferred_blocks(blocks)),
     )
 
 
@@ -328,20 +329,24 @@ def bench(
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
             in_dual = r["first_layer"] == "dual"  # as the launcher decided for the run
-            blocks, backward, planned = _network_blocks(
+            blocks, backward, settled = _network_blocks(
                 int(x.shape[0]), p, int(x.shape[1]), in_dual
             )
+            # A full batch: a step is an epoch; a commit every `commit_every` of them.
+            planned = sum(blocks) + sum(backward) + settled / p.commit_every
             r["ratio"] = r["epoch_s"] / ref
             r["max_rel_cost_diff"] = max_relative_difference(r.pop("costs"), ref_costs)
             r["blocks_per_layer"] = blocks
             r["backward_blocks_per_layer"] = backward
+            r["settle_blocks_per_commit"] = settled
             r["invocations_per_epoch_planned"] = planned
             r["commit_every"] = p.commit_every
             out["plans"][name] = r
             log(f"  {1000 * r['epoch_s']:.1f} ms/epoch ({r['ratio']:.1f}x the reference)")
             counts = projection.PlanCounts(
                 invocations=r["invocations_per_epoch"],
-                waves=projection.waves(blocks, backward_per_layer=backward),
+                waves=projection.waves(blocks, backward_per_layer=backward)
+                + projection.waves([settled], backward_per_layer=[]) / p.commit_every,
                 payload_bytes=r["payload_bytes_per_epoch"],
                 execution_s=r["execution_ms"] / 1000,
                 requests={k: v for k, v in r["requests_per_epoch"].items() if k != "lambda:Invoke"},

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from state.costs import CostStore
@@ -87,12 +87,14 @@ class _State:
 
     cursor: int
     committed: int
-    weights: Weights
+    weights: Weights  # as of `cursor`, except the layers in `deferred`: one step behind
     epochs_done: int
     last_cost: float | None
     partial_sum: float
     partial_n: int
     stop: bool = False
+    # the last step's updates that the neurons apply in the next one (`fanout.step`)
+    deferred: fanout.Deferred = field(default_factory=dict)
     # (epoch, cost, seconds) of the epochs since the last commit: written with it
     costs: list[tuple[int, float, float]] = field(default_factory=list)
 
@@ -158,28 +160,31 @@ class Coordinator:
             and st.last_cost <= p.threshold
             and st.partial_n == 0
         )
+        # What every step shares; a step adds its batch's labels and columns.
+        base = fanout.StepInputs(
+            run_id=run_id,
+            data_key=run.data_key,
+            activations=p.activations,
+            learning_rate=p.learning_rate,
+            y=data.y,
+            indices=None,
+            p0=None if basis is None else basis.p0,
+        )
         last_commit = time.monotonic()
         slowest_step = slowest_commit = 0.0
         epoch_started: float | None = None
         while st.cursor < total and not st.stop:
             margin = MIN_MARGIN_SECONDS + 3 * slowest_step + 2 * slowest_commit
             if remaining_ms() / 1000 < margin:
+                self._settle(st, blocks, base)
                 return self._hand_over(run_id, owner, st, p.neurons)
             t0 = time.monotonic()
             epoch, batch = divmod(st.cursor, spe)
             idx = schedule.batch_indices(p, m, epoch, batch)
             y = data.y if idx is None else data.y[:, idx]
-            inputs = fanout.StepInputs(
-                run_id=run_id,
-                data_key=run.data_key,
-                activations=p.activations,
-                learning_rate=p.learning_rate,
-                y=y,
-                indices=None if idx is None else idx.tolist(),
-                p0=None if basis is None else basis.p0,
-            )
-            result = fanout.step(st.weights, blocks, inputs, self.invoker)
-            st.weights = result.weights
+            inputs = replace(base, y=y, indices=None if idx is None else idx.tolist())
+            result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred)
+            st.weights, st.deferred = result.weights, result.deferred
             st.cursor += 1
             st.partial_sum += result.cost * y.shape[1]
             st.partial_n += y.shape[1]
@@ -199,6 +204,7 @@ class Coordinator:
                 or st.cursor - st.committed >= p.commit_every
                 or now - last_commit >= self.cfg.commit_seconds
             ):
+                self._settle(st, blocks, base)
                 if not self._commit(run_id, owner, st, p.neurons):
                     return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
                 last_commit = time.monotonic()
@@ -206,6 +212,14 @@ class Coordinator:
             slowest_step = max(slowest_step, now - t0)
         weights = st.weights if basis is None else dual.primal(st.weights, basis, data.x)
         return self._finish(run, owner, st, p, data, weights)
+
+    def _settle(
+        self, st: _State, blocks: list[list[plan.Block]], inputs: fanout.StepInputs
+    ) -> None:
+        """Apply the updates still pending from the last step (before storing the weights)."""
+        if st.deferred:
+            st.weights = fanout.settle(st.weights, st.deferred, blocks, inputs, self.invoker)
+            st.deferred = {}
 
     def _commit(
         self,

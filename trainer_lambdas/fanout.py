@@ -2,12 +2,20 @@
 
 For each layer, forward, the trainer sends each block its weight rows and the previous
 layer's activations, and stacks the blocks' outputs; it computes the cost and its gradient
-itself; then, backward, each block gets its rows of Z, A and dL/dA and the layer's input,
-and returns its weight and bias gradients and its rows of dL/dZ. The trainer stacks them,
-applies the core's `neurons.update`, and forms the previous layer's dL/dA = W^T dL/dZ, as
-the reference does (a block returning its k rows of dL/dZ instead of its n_prev x m share
-of dL/dA_prev sends n_prev / k times fewer bytes back). `Invoker` runs a batch of requests
-in parallel, in order.
+itself. Backward, it walks the layers down: a layer's dL/dZ = dL/dA * g'(Z) is elementwise,
+so the trainer forms it, and the previous layer's dL/dA = W^T dL/dZ, as the reference does.
+What is left of a layer's backward pass is its weight gradient dW = dZ A_prev^T / m, the
+product that costs as much as the forward pass, and the update: the blocks do those. `Invoker`
+runs a batch of requests in parallel, in order.
+
+A hidden layer's blocks do them one step late, in their next forward invocation: the request
+carries the block's old rows, its rows of the previous step's dZ and that step's input; the
+block computes the gradient, applies the update, runs its forward pass with the new rows,
+and returns the gradient with its outputs, from which the trainer applies the same update to
+its copy. The numbers are those of updating at once (the same operations on the same values);
+what changes is that a step needs no backward wave for those layers: 4 waves per step
+instead of 6 for a 4-layer network. The updates still pending after a step (`Step.deferred`)
+are applied by `settle`, one wave of backward invocations, before the weights are stored.
 
 A layer without blocks (the `hybrid` plan's small layers) is computed here, by the same
 core functions on the whole layer, so the numbers do not depend on where it ran. Backward
@@ -32,7 +40,7 @@ import numpy as np
 
 from trainer_lambdas.nn import dual, neurons
 from trainer_lambdas.nn.cost import cross_entropy, cross_entropy_grad
-from trainer_lambdas.nn.network import Step, Weights
+from trainer_lambdas.nn.network import Weights
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
 from trainer_lambdas.plan import Block
 
@@ -50,8 +58,40 @@ class StepInputs:
     p0: np.ndarray | None = None  # first layer in the dual form: W1(0) X (n1, m); None: primal
 
 
-def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: Invoker) -> Step:
-    """One forward/backward/update over the plan's blocks; equals `network.step`."""
+@dataclass(frozen=True)
+class Pending:
+    """A hidden layer's update of one step, known up to dZ but not applied yet."""
+
+    dz: np.ndarray  # (n_l, m_b) dL_sum/dZ of the layer's rows in that step
+    a_prev: np.ndarray  # (n_{l-1}, m_b) the layer's input in that step
+
+
+# layer (0-based) -> its pending update; `settle` applies them all
+Deferred = dict[int, Pending]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step produced: its cost, and the weights after it, except that the layers
+    in `deferred` still hold their rows from before it (their update is pending)."""
+
+    cost: float
+    weights: Weights
+    deferred: Deferred
+
+
+def step(
+    weights: Weights,
+    blocks: list[list[Block]],
+    inp: StepInputs,
+    invoke: Invoker,
+    deferred: Deferred | None = None,
+) -> Step:
+    """One forward/backward/update over the plan's blocks; with `settle`, equals
+    `network.step`. `deferred`: the previous step's pending updates, which the layers'
+    blocks apply in this step's forward invocations."""
+    deferred = deferred or {}
+    cur: Weights = list(weights)
     zs: list[np.ndarray] = []
     acts: list[np.ndarray] = []
     p0 = None
@@ -63,9 +103,10 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
     fused = last > 0 and bool(blocks[last])
     output_grads: neurons.Backward | None = None
     for layer, layer_blocks in enumerate(blocks):
-        w, b = weights[layer]
+        w, b = cur[layer]
         a_prev = None if layer == 0 else acts[-1]
         phase = "output" if fused and layer == last else "forward"
+        pending = deferred.get(layer)
         if layer == 0 and p0 is not None:
             reqs = [
                 _request(inp, blk, "forward", w[blk.lo : blk.hi], b, None, p0=p0[blk.lo : blk.hi])
@@ -78,63 +119,114 @@ def step(weights: Weights, blocks: list[list[Block]], inp: StepInputs, invoke: I
             continue
         else:
             reqs = [
-                _request(inp, blk, phase, w[blk.lo : blk.hi], b, a_prev) for blk in layer_blocks
+                _request(
+                    inp, blk, phase, w[blk.lo : blk.hi], b, a_prev, **_deferred(pending, blk, inp)
+                )
+                for blk in layer_blocks
             ]
         outs = invoke(reqs)
+        if pending is not None:  # the blocks applied it before their forward pass
+            cur[layer] = neurons.update(w, b, _gradients(outs), inp.learning_rate)
         zs.append(np.vstack([_need(o.z, "z") for o in outs]))
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
         if phase == "output":
-            output_grads = _gradients(outs)
+            output_grads = _gradients(outs, with_dz=True)
     cost = cross_entropy(acts[-1], inp.y)
     da = cross_entropy_grad(acts[-1], inp.y)
-    new: Weights = list(weights)
+    new: Weights = list(cur)
+    pend: Deferred = {}
     for layer in reversed(range(len(blocks))):
-        w, b = weights[layer]
+        w, b = cur[layer]
         a_prev = None if layer == 0 else acts[layer - 1]
+        act = inp.activations[layer]
         if layer == 0 and p0 is not None:
-            g = dual.backward(zs[0], acts[0], da, inp.activations[0], w.shape[1], inp.indices)
+            g = dual.backward(zs[0], acts[0], da, act, w.shape[1], inp.indices)
             new[0] = neurons.update(w, b, g, inp.learning_rate)
             continue
         if not blocks[layer]:
             a_in = _local_input(a_prev, layer)
-            g = neurons.backward(
-                w, zs[layer], acts[layer], a_in, da, inp.activations[layer], a_in.shape[1], True
-            )
+            g = neurons.backward(w, zs[layer], acts[layer], a_in, da, act, a_in.shape[1], True)
             new[layer] = neurons.update(w, b, g, inp.learning_rate)
             da = g.da_prev
             continue
         if layer == last and output_grads is not None:
-            grads = output_grads  # computed with the forward pass
+            dz = output_grads.dz  # computed with the forward pass
+            new[layer] = neurons.update(w, b, output_grads, inp.learning_rate)
         else:
-            reqs = [
-                _request(
-                    inp,
-                    blk,
-                    "backward",
-                    w[blk.lo : blk.hi, :0],  # a block's gradients do not involve its weights
-                    b,
-                    a_prev,
-                    z=zs[layer][blk.lo : blk.hi],
-                    a=acts[layer][blk.lo : blk.hi],
-                    da=da[blk.lo : blk.hi],
-                )
-                for blk in blocks[layer]
-            ]
-            grads = _gradients(invoke(reqs))
-        new[layer] = neurons.update(w, b, grads, inp.learning_rate)
+            dz = neurons.dz_of(da, zs[layer], acts[layer], act)
+            if a_prev is not None:
+                # A hidden layer's blocks apply this update in their next forward invocation
+                # (or `settle` does): no backward wave for it.
+                pend[layer] = Pending(dz=dz, a_prev=a_prev)
+            else:  # the first layer in the primal form: its inputs live with the neurons
+                reqs = [_backward_request(inp, blk, w, b, None, dz) for blk in blocks[layer]]
+                new[layer] = neurons.update(w, b, _gradients(invoke(reqs)), inp.learning_rate)
         if layer > 0:
-            da = w.T @ grads.dz  # dL/dA_prev from every block's dZ rows, with W before the update
-    return Step(cost=cost, weights=new)
+            da = w.T @ dz  # dL/dA_prev from every block's dZ rows, with W before the update
+    return Step(cost=cost, weights=new, deferred=pend)
 
 
-def _gradients(outs: list[NeuronResponse]) -> neurons.Backward:
-    """The blocks' gradients and dZ rows, stacked in block order."""
+def settle(
+    weights: Weights,
+    deferred: Deferred,
+    blocks: list[list[Block]],
+    inp: StepInputs,
+    invoke: Invoker,
+) -> Weights:
+    """The weights with every pending update applied: one wave of backward invocations,
+    one per block of the deferred layers (before a commit, a hand-over or the end)."""
+    if not deferred:
+        return weights
+    layers = sorted(deferred)
+    reqs = [
+        _backward_request(inp, blk, *weights[layer], deferred[layer].a_prev, deferred[layer].dz)
+        for layer in layers
+        for blk in blocks[layer]
+    ]
+    outs = invoke(reqs)
+    new: Weights = list(weights)
+    i = 0
+    for layer in layers:
+        n = len(blocks[layer])
+        w, b = weights[layer]
+        new[layer] = neurons.update(w, b, _gradients(outs[i : i + n]), inp.learning_rate)
+        i += n
+    return new
+
+
+def _gradients(outs: list[NeuronResponse], with_dz: bool = False) -> neurons.Backward:
+    """The blocks' weight and bias gradients (and, `with_dz`, their dZ rows), stacked in
+    block order."""
     return neurons.Backward(
         dw=np.vstack([_need(o.dw, "dw") for o in outs]),
         db=np.vstack([_need(o.db, "db") for o in outs]),
         da_prev=np.zeros(0),
-        dz=np.vstack([_need(o.dz, "dz") for o in outs]),
+        dz=np.vstack([_need(o.dz, "dz") for o in outs]) if with_dz else np.zeros(0),
     )
+
+
+def _deferred(pending: Pending | None, blk: Block, inp: StepInputs) -> dict[str, Any]:
+    """What a forward request carries to apply its block's pending update first."""
+    if pending is None:
+        return {}
+    return {
+        "dz": pending.dz[blk.lo : blk.hi],
+        "grad_input": pending.a_prev,
+        "learning_rate": inp.learning_rate,
+    }
+
+
+def _backward_request(
+    inp: StepInputs,
+    blk: Block,
+    w: np.ndarray,
+    b: np.ndarray,
+    a_prev: np.ndarray | None,
+    dz: np.ndarray,
+) -> NeuronRequest:
+    """A block's backward request: its dZ rows and the layer's input (None: the training
+    inputs, from the neuron's cache); a block's gradients do not involve its weights."""
+    return _request(inp, blk, "backward", w[blk.lo : blk.hi, :0], b, a_prev, dz=dz[blk.lo : blk.hi])
 
 
 def _request(
@@ -167,16 +259,22 @@ def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None)
     """What a neuron invocation computes, given the resolved previous activations (and,
     for the output layer's fused phase, the batch's labels `y`)."""
     if req.phase == "forward":
-        f = neurons.forward(req.w, req.b, a_prev, req.activation)
-        return NeuronResponse(z=f.z, a=f.a)
+        w, b, g = req.w, req.b, None
+        if req.dz is not None:  # the previous step's update of these rows, deferred to here
+            grad_input = _need(req.grad_input, "grad_input")
+            g = neurons.weight_gradients(req.dz, grad_input, grad_input.shape[1])
+            w, b = neurons.update(w, b, g, _need_float(req.learning_rate, "learning_rate"))
+        f = neurons.forward(w, b, a_prev, req.activation)
+        if g is None:
+            return NeuronResponse(z=f.z, a=f.a)
+        return NeuronResponse(z=f.z, a=f.a, dw=g.dw, db=g.db)
     if req.phase == "output":
         f = neurons.forward(req.w, req.b, a_prev, req.activation)
         da = cross_entropy_grad(f.a, _need(y, "y"))  # elementwise: each block its own rows
         g = neurons.backward(req.w, f.z, f.a, a_prev, da, req.activation, a_prev.shape[1], False)
         return NeuronResponse(z=f.z, a=f.a, dw=g.dw, db=g.db, dz=g.dz)
-    z, a, da = _need(req.z, "z"), _need(req.a, "a"), _need(req.da, "da")
-    g = neurons.backward(req.w, z, a, a_prev, da, req.activation, a_prev.shape[1], False)
-    return NeuronResponse(dw=g.dw, db=g.db, dz=g.dz)
+    g = neurons.weight_gradients(_need(req.dz, "dz"), a_prev, a_prev.shape[1])
+    return NeuronResponse(dw=g.dw, db=g.db)
 
 
 def compute_dual(req: NeuronRequest, gram_cols: np.ndarray) -> NeuronResponse:
@@ -195,3 +293,9 @@ def _need(a: np.ndarray | None, name: str) -> np.ndarray:
     if a is None:
         raise PayloadError(f"a neuron payload lacks '{name}'")
     return a
+
+
+def _need_float(v: float | None, name: str) -> float:
+    if v is None:
+        raise PayloadError(f"a neuron payload lacks '{name}'")
+    return v

@@ -15,7 +15,9 @@ from urllib.parse import unquote_plus
 
 import numpy as np
 
-# forward; backward; output: forward, loss gradient and backward of an output-layer block
+# forward (applying first, if the request carries one, the block's update deferred from the
+# previous step); backward: the weight gradients of given dZ rows; output: forward, loss
+# gradient and backward of an output-layer block
 PHASES = ("forward", "backward", "output")
 
 
@@ -41,12 +43,26 @@ def _opt(d: dict, key: str) -> np.ndarray | None:
     return None if d.get(key) is None else unpack(d[key], key)
 
 
+def _opt_float(d: dict, key: str) -> float | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise PayloadError(f"'{key}' must be a number, got {v!r}")
+    return float(v)
+
+
 @dataclass(frozen=True)
 class NeuronRequest:
     """Work for one block of neurons (rows lo:hi of one layer) in one phase of one step.
 
     `a_prev` None means "the training inputs": the neuron reads them from `data_key` (once
     per warm worker) and takes the columns in `indices` (None: all, in order).
+
+    `dz` is the block's rows of dL_sum/dZ: in a backward request, of this step (with the
+    layer's input `a_prev`); in a forward request, of the previous step, whose update the
+    block applies before its forward pass (with that step's input `grad_input` and the
+    `learning_rate`): a hidden layer's backward invocation rides on its next forward one.
     """
 
     run_id: str
@@ -60,9 +76,9 @@ class NeuronRequest:
     b: np.ndarray
     a_prev: np.ndarray | None = None
     indices: list[int] | None = None
-    z: np.ndarray | None = None  # backward only
-    a: np.ndarray | None = None  # backward only
-    da: np.ndarray | None = None  # backward only
+    dz: np.ndarray | None = None  # backward; forward: the previous step's, deferred
+    grad_input: np.ndarray | None = None  # forward with dz: the input of the step of dz
+    learning_rate: float | None = None  # forward with dz
     p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
 
     def to_json(self, memo: dict[int, bytes] | None = None) -> bytes:
@@ -79,9 +95,10 @@ class NeuronRequest:
             "hi": self.hi,
             "activation": self.activation,
             "indices": self.indices,
+            "learning_rate": self.learning_rate,
         }
         parts = [json.dumps(d).encode()[:-1]]  # without the closing brace
-        for k in ("w", "b", "a_prev", "z", "a", "da", "p0"):
+        for k in ("w", "b", "a_prev", "dz", "grad_input", "p0"):
             v = getattr(self, k)
             if v is None:
                 parts.append(f', "{k}": null'.encode())
@@ -96,7 +113,7 @@ class NeuronRequest:
                         b'"}',
                     ]
                 )
-                if memo is not None and k == "a_prev":
+                if memo is not None and k in ("a_prev", "grad_input"):
                     memo[id(v)] = encoded
             parts.append(encoded)
         parts.append(b"}")
@@ -122,15 +139,24 @@ class NeuronRequest:
                 b=unpack(event["b"], "b"),
                 a_prev=_opt(event, "a_prev"),
                 indices=None if event.get("indices") is None else list(event["indices"]),
-                z=_opt(event, "z"),
-                a=_opt(event, "a"),
-                da=_opt(event, "da"),
+                dz=_opt(event, "dz"),
+                grad_input=_opt(event, "grad_input"),
+                learning_rate=_opt_float(event, "learning_rate"),
                 p0=_opt(event, "p0"),
             )
         except KeyError as e:
             raise PayloadError(f"neuron request is missing {e}") from e
-        if req.phase == "backward" and (req.z is None or req.a is None or req.da is None):
-            raise PayloadError("a backward request needs z, a and da")
+        if req.phase == "backward" and req.dz is None:
+            raise PayloadError("a backward request needs dz")
+        if req.phase == "output" and req.dz is not None:
+            raise PayloadError("an output request computes its own dz")
+        if req.phase == "forward" and req.dz is not None:
+            if req.grad_input is None or req.learning_rate is None:
+                raise PayloadError(
+                    "a forward request with a deferred dz needs grad_input and learning_rate"
+                )
+            if req.grad_input.shape[1] != req.dz.shape[1]:
+                raise PayloadError("a deferred dz and its grad_input have different batch sizes")
         if req.p0 is not None and (req.phase != "forward" or req.layer != 1):
             raise PayloadError("only a first-layer forward request can be in the dual form (p0)")
         return req

@@ -57,20 +57,31 @@ def plan(
 
 
 def backward_blocks(p: list[list[Block]], dual: bool) -> list[list[Block]]:
-    """The blocks invoked backward: all of them, but none of the first layer in the dual
-    form (its backward pass is dZ1 / m, which the trainer does itself: `nn.dual`), and
-    none of the output layer when it is not the first (its blocks do their backward pass
-    in their forward invocation: `fanout.step`)."""
+    """The blocks invoked backward in every step: only the first layer's, and only in the
+    primal form. The first layer's backward pass in the dual form is dZ1 / m, which the
+    trainer does itself (`nn.dual`); the output layer's blocks do theirs in their forward
+    invocation, and the other layers' blocks do theirs in their next forward invocation
+    (`fanout.step`)."""
+    return [blocks if i == 0 and not dual else [] for i, blocks in enumerate(p)]
+
+
+def deferred_blocks(p: list[list[Block]]) -> list[list[Block]]:
+    """The blocks that apply their update one step late, in their next forward invocation:
+    those of the layers between the first and the output layer. Before each commit,
+    `fanout.settle` invokes each of them once, in one wave, for the update still pending."""
     last = len(p) - 1
-    return [
-        [] if (dual and i == 0) or (i == last and i > 0) else blocks for i, blocks in enumerate(p)
-    ]
+    return [blocks if 0 < i < last else [] for i, blocks in enumerate(p)]
 
 
 def invocations_per_step(p: list[list[Block]], dual: bool = False) -> int:
-    """Forward (the output layer's fused with its backward), every block once; backward,
-    every block of `backward_blocks` once."""
+    """Forward, every block once; backward, every block of `backward_blocks` once (a
+    commit adds `invocations_per_commit`)."""
     return sum(len(b) for b in p) + sum(len(b) for b in backward_blocks(p, dual))
+
+
+def invocations_per_commit(p: list[list[Block]]) -> int:
+    """The invocations of `fanout.settle` before a commit: every deferred block once."""
+    return sum(len(b) for b in deferred_blocks(p))
 
 
 def for_params(

@@ -106,11 +106,11 @@ def test_distributed_run_equals_reference(world: World, over: dict) -> None:
 @pytest.mark.parametrize(
     ("form", "per_epoch"),
     [
-        # (4 + 3 + 1) neurons forward, (4 + 3) backward: the output neuron's backward pass
-        # is in its forward invocation
-        ("primal", 8 + 7),
+        # (4 + 3 + 1) neurons forward, layer 1's 4 backward: the output neuron's backward
+        # pass is in its forward invocation, layer 2's in its next forward invocation
+        ("primal", 8 + 4),
         # the same, but layer 1's backward pass (dZ1 / m) is the trainer's own: 4 fewer
-        ("dual", 8 + 3),
+        ("dual", 8),
     ],
 )
 def test_one_invocation_per_neuron_per_phase(world: World, form: str, per_epoch: int) -> None:
@@ -119,11 +119,15 @@ def test_one_invocation_per_neuron_per_phase(world: World, form: str, per_epoch:
     Coordinator(world.cfg, world.stores, invoker).drive(  # type: ignore[arg-type]
         TrainerEvent(run_id), "req", FOREVER
     )
-    assert len(invoker.requests) == 2 * per_epoch
-    assert world.stores.runs.get(run_id).invocations == 2 * per_epoch
+    # one commit, at the end: before it, layer 2's 3 neurons apply their last update
+    assert len(invoker.requests) == 2 * per_epoch + 3
+    assert world.stores.runs.get(run_id).invocations == 2 * per_epoch + 3
     first = [r for r in invoker.requests if r.layer == 1]
     assert {r.phase for r in first} == ({"forward"} if form == "dual" else {"forward", "backward"})
     assert {r.phase for r in invoker.requests if r.layer == 3} == {"output"}
+    second = [(r.phase, r.dz is not None) for r in invoker.requests if r.layer == 2]
+    # epoch 1 forward; epoch 2 forward, carrying epoch 1's update; the settling backward
+    assert second == [("forward", False)] * 3 + [("forward", True)] * 3 + [("backward", True)] * 3
     # a dual-form request carries m = 40 coefficients per neuron, not n_x = 192 weights
     assert {r.w.shape[1] for r in first if r.phase == "forward"} == {40 if form == "dual" else 192}
 
@@ -202,11 +206,13 @@ def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None
     real = invoker.__call__
     seen = {"n": 0}
 
-    # 4 rounds of invocations per step: forward layers 1, 2 and 3 (the output layer, with
-    # its backward pass), backward layer 2 (layer 1's is the trainer's, in the dual form)
-    def crashing(reqs):  # dies in the middle of the 7th step (commit_every 4)
+    # 3 rounds of invocations per step: forward layers 1, 2 (with the previous step's
+    # update of layer 2) and 3 (the output layer, with its backward pass); layer 1's
+    # backward pass is the trainer's, in the dual form. A commit (every 4 steps) adds one
+    # round: layer 2's pending update.
+    def crashing(reqs):  # dies in the middle of the 7th step
         seen["n"] += 1
-        if seen["n"] > 6 * 4 + 2:
+        if seen["n"] > 4 * 3 + 1 + 2 * 3 + 1:
             raise RuntimeError("worker killed")
         return real(reqs)
 

@@ -6,17 +6,30 @@ import pytest
 from trainer_lambdas import fanout
 from trainer_lambdas.nn import network
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
-from trainer_lambdas.plan import Block, invocations_per_step, max_rows, plan
+from trainer_lambdas.plan import (
+    Block,
+    deferred_blocks,
+    invocations_per_commit,
+    invocations_per_step,
+    max_rows,
+    plan,
+)
 
 
 def test_default_plan_is_one_neuron_per_invocation() -> None:
     p = plan(12288, (20, 7, 5, 1), 1, 209)
     assert [len(layer) for layer in p] == [20, 7, 5, 1]
     assert p[0][3] == Block(1, 3, 4) and p[3] == [Block(4, 0, 1)]
-    # 33 forward (the output neuron's with its backward pass), 32 backward
-    assert invocations_per_step(p) == 65
+    # 33 forward (the output neuron's with its backward pass), 20 backward (layer 1's);
+    # layers 2 and 3 apply their updates in their next forward invocations
+    assert invocations_per_step(p) == 53
     # layer 1 in the dual form: no backward invocations for its 20 neurons
-    assert invocations_per_step(p, dual=True) == 45
+    assert invocations_per_step(p, dual=True) == 33
+    # before each commit, one invocation per block of layers 2 and 3 settles their updates
+    assert [len(x) for x in deferred_blocks(p)] == [0, 7, 5, 0]
+    assert invocations_per_commit(p) == 12
+    # the hybrid plan's local layers defer nothing
+    assert invocations_per_commit(plan(12288, (20, 7, 5, 1), 1, 209, remote_layers=1)) == 0
 
 
 @pytest.mark.parametrize("fanout_k", [1, 2, 3, 7, 100])
@@ -41,7 +54,12 @@ def test_blocks_are_capped_to_stay_under_the_payload_limit() -> None:
 
 
 def direct(reqs):  # the neuron function, in-process, without the data cache
-    return [fanout.compute(r, r.a_prev if r.a_prev is not None else X, Y) for r in reqs]
+    return [_direct(r) for r in reqs]
+
+
+def _direct(r: NeuronRequest) -> NeuronResponse:
+    x, y = (X, Y) if r.indices is None else (X[:, r.indices], Y[:, r.indices])
+    return fanout.compute(r, r.a_prev if r.a_prev is not None else x, y)
 
 
 def assert_same_step(got, want) -> None:  # type: ignore[no-untyped-def]
@@ -57,27 +75,77 @@ X = rng.normal(size=(6, 9))
 Y = rng.integers(0, 2, (1, 9)).astype(float)
 
 
-@pytest.mark.parametrize("k", [1, 2, 5])
-def test_distributed_step_equals_the_network_step(k: int) -> None:
-    acts = ("relu", "tanh", "sigmoid")
-    weights = [
+def three_layers() -> list:
+    return [
         (rng.normal(size=(5, 6)), rng.normal(size=(5, 1))),
         (rng.normal(size=(3, 5)), rng.normal(size=(3, 1))),
         (rng.normal(size=(1, 3)), rng.normal(size=(1, 1))),
     ]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_distributed_step_equals_the_network_step(k: int) -> None:
+    acts = ("relu", "tanh", "sigmoid")
+    weights = three_layers()
     inputs = fanout.StepInputs("r", "k", acts, 0.1, Y, None)
-    got = fanout.step(weights, plan(6, (5, 3, 1), k, 9), inputs, direct)
-    want = network.step(weights, acts, X, Y, 0.1)
-    assert_same_step(got, want)
+    p = plan(6, (5, 3, 1), k, 9)
+    got = fanout.step(weights, p, inputs, direct)
+    # layer 2's update is pending: its rows are still the old ones until it is settled
+    assert list(got.deferred) == [1]
+    assert np.array_equal(got.weights[1][0], weights[1][0])
+    settled = fanout.settle(got.weights, got.deferred, p, inputs, direct)
+    assert_same_step(fanout.Step(got.cost, settled, {}), network.step(weights, acts, X, Y, 0.1))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int) -> None:
+    """Steps that carry each hidden layer's update into its next forward invocation train
+    the same weights as updating at once, step after step, on changing batches."""
+    acts = ("relu", "tanh", "relu", "sigmoid")
+    weights = [*three_layers()[:2], (rng.normal(size=(2, 3)), rng.normal(size=(2, 1)))]
+    weights.append((rng.normal(size=(1, 2)), rng.normal(size=(1, 1))))
+    p = plan(6, (5, 3, 2, 1), k, 9)
+    sent: list[NeuronRequest] = []
+
+    def recording(reqs):
+        sent.extend(reqs)
+        return direct(reqs)
+
+    want, got, deferred = weights, weights, None
+    batches = [None, [0, 2, 4, 6, 8], [1, 3, 5, 7], None]
+    for idx in batches:
+        cols = slice(None) if idx is None else idx
+        inputs = fanout.StepInputs("r", "k", acts, 0.1, Y[:, cols], idx)
+        ref = network.step(want, acts, X[:, cols], Y[:, cols], 0.1)
+        step = fanout.step(got, p, inputs, recording, deferred)
+        assert step.cost == pytest.approx(ref.cost, rel=1e-12)
+        want, got, deferred = ref.weights, step.weights, step.deferred
+    assert sorted(deferred or {}) == [1, 2]
+    settled = fanout.settle(got, deferred or {}, p, inputs, recording)
+    assert_same_step(fanout.Step(0.0, settled, {}), network.Step(0.0, want))
+    # per step: every block forward, layer 1's backward; then one settling wave
+    per_step = invocations_per_step(p)
+    assert len(sent) == len(batches) * per_step + invocations_per_commit(p)
+    n_settle = invocations_per_commit(p)
+    assert all(r.phase == "backward" and r.layer in (2, 3) for r in sent[-n_settle:])
+    assert not any(r.phase == "backward" and r.layer > 1 for r in sent[:-n_settle])
+    carried = [r for r in sent if r.phase == "forward" and r.dz is not None]
+    assert {r.layer for r in carried} == {2, 3}
+    assert len(carried) == (len(batches) - 1) * sum(len(x) for x in deferred_blocks(p))
 
 
 def test_payloads_round_trip_exactly() -> None:
     import json
 
     a = rng.normal(size=(3, 4))
-    req = NeuronRequest("r", "k", "backward", 2, 0, 3, "relu", a, a[:, :1], None, [3, 1], a, a, a)
+    req = NeuronRequest("r", "k", "backward", 2, 0, 3, "relu", a, a[:, :1], None, [3, 1], a)
     again = NeuronRequest.from_event(json.loads(req.to_json()))
     assert np.array_equal(again.w, a) and again.indices == [3, 1] and again.a_prev is None
+    assert again.dz is not None and np.array_equal(again.dz, a)
+    lr = 0.1 + 1e-17  # a float that must survive JSON exactly
+    fwd = NeuronRequest("r", "k", "forward", 2, 0, 3, "relu", a, a[:, :1], a, None, a, a, lr)
+    again = NeuronRequest.from_event(json.loads(fwd.to_json()))
+    assert again.learning_rate == lr and np.array_equal(again.grad_input, a)  # type: ignore[arg-type]
     resp = NeuronResponse(dw=a, db=a[:, :1])
     back = NeuronResponse.from_json(json.dumps(resp.to_dict()).encode())
     assert back.dw is not None and np.array_equal(back.dw, a) and back.z is None
@@ -86,11 +154,7 @@ def test_payloads_round_trip_exactly() -> None:
 @pytest.mark.parametrize("k", [1, 5])
 def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k: int) -> None:
     acts = ("relu", "tanh", "sigmoid")
-    weights = [
-        (rng.normal(size=(5, 6)), rng.normal(size=(5, 1))),
-        (rng.normal(size=(3, 5)), rng.normal(size=(3, 1))),
-        (rng.normal(size=(1, 3)), rng.normal(size=(1, 1))),
-    ]
+    weights = three_layers()
     p = plan(6, (5, 3, 1), k, 9, remote_layers=1)
     assert [len(x) for x in p] == [len(plan(6, (5,), k, 9)[0]), 0, 0]
     sent: list[NeuronRequest] = []
@@ -104,6 +168,7 @@ def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k
     assert {r.layer for r in sent} == {1}
     # the first layer's backward needs no weights, so none are sent
     assert all(r.w.size == 0 for r in sent if r.phase == "backward")
+    assert got.deferred == {}  # the trainer's own layers are updated at once
     assert_same_step(got, want)
 
 

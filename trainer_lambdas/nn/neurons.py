@@ -46,11 +46,25 @@ def backward(
 
     The first layer's share of dL/dA_prev is never used: `need_da_prev=False` skips it.
     """
-    dz = da * derivative(activation, z, a)
+    dz = dz_of(da, z, a, activation)
+    g = weight_gradients(dz, a_prev, m)
+    if need_da_prev:
+        return Backward(dw=g.dw, db=g.db, da_prev=w.T @ dz, dz=dz)
+    return g
+
+
+def dz_of(da: np.ndarray, z: np.ndarray, a: np.ndarray, activation: str) -> np.ndarray:
+    """dL_sum/dZ of a block's rows from dL_sum/dA: elementwise."""
+    return da * derivative(activation, z, a)
+
+
+def weight_gradients(dz: np.ndarray, a_prev: np.ndarray, m: int) -> Backward:
+    """The weight and bias gradients of the mean loss over `m` examples, given the block's
+    rows of dL_sum/dZ and the layer's input (no dL/dA_prev: `da_prev` is empty)."""
     return Backward(
         dw=(dz @ a_prev.T) / m,
         db=dz.sum(axis=1, keepdims=True) / m,
-        da_prev=w.T @ dz if need_da_prev else np.zeros((0, a_prev.shape[1])),
+        da_prev=np.zeros((0, a_prev.shape[1])),
         dz=dz,
     )
 
