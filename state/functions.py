@@ -9,13 +9,14 @@ and `FunctionFailed` when the function ran and raised (or timed out).
 import json
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient
 from state.errors import NotFound, StateError, Throttled, translate
-from state.invoke import USER_AGENT, InvokeClient
+from state.invoke import USER_AGENT, Body, InvokeClient
 
 
 class FunctionFailed(StateError):
@@ -48,10 +49,11 @@ class Functions(LazyClient):
             return self._invoke
 
     def call_many(
-        self, function: str, payloads: list[bytes], window: int = 32
+        self, function: str, payloads: Sequence[Body], window: int = 32
     ) -> list[bytes | StateError]:
-        """Invoke once per payload, `window` at a time in parallel; for each, the response
-        bytes or the domain error (see the module docstring) in its place."""
+        """Invoke once per payload (bytes, or a shared and an own part: `state.invoke.Body`),
+        `window` at a time in parallel; for each, the response bytes or the domain error
+        (see the module docstring) in its place."""
         what = f"invoke {function}"
         results: list[bytes | StateError] = []
         for out in self._invoker().invoke_many(function, payloads, window):

@@ -16,6 +16,7 @@ It returns the status, headers and body; `state.functions` turns them into domai
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import http.client
@@ -24,6 +25,8 @@ import select
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -33,15 +36,27 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 USER_AGENT = "itsacat-invoke/1"
 
 
+# A request body, whole or in two parts: (a part that several requests of one `invoke_many`
+# start with, the rest). The shared part is hashed once for all of them (SigV4 signs the
+# body's SHA-256, and a hash state can be copied once it has absorbed the shared part).
+Body = bytes | tuple[bytes, bytes]
+
+
 class Credentials(Protocol):
     access_key: str
     secret_key: str
     token: str | None
 
 
+@functools.lru_cache(maxsize=256)
 def invoke_path(function: str) -> str:
     """The request path of an invocation (a name, a partial or a full ARN)."""
     return f"/2015-03-31/functions/{quote(function, safe='')}/invocations"
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_uri(path: str) -> str:
+    return quote(path, safe="/~")
 
 
 @dataclass
@@ -51,6 +66,7 @@ class Signer:
     region: str
     service: str = SERVICE
     _key: tuple[str, str, bytes] | None = None
+    _date: tuple[int, str] = (0, "")  # the last second signed in, and its X-Amz-Date
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         if self._key is None or self._key[:2] != (secret, day):
@@ -69,14 +85,15 @@ class Signer:
         creds: Credentials,
         extra: dict[str, str],
         now: datetime.datetime | None = None,
+        body_sha256: str | None = None,
     ) -> dict[str, str]:
         """The request's headers: `extra`, plus Host, X-Amz-Date, token and Authorization.
 
         Every header but User-Agent is signed. The canonical URI is the path as sent,
-        percent-encoded once more (what SigV4 asks of every service but S3).
+        percent-encoded once more (what SigV4 asks of every service but S3). `body_sha256`:
+        the body's hash, if the caller has it.
         """
-        now = now or datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = self._amz_date() if now is None else now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         signed = {k.lower(): v.strip() for k, v in extra.items()}
         signed["host"] = host
@@ -87,20 +104,20 @@ class Signer:
         canonical = "\n".join(
             [
                 method,
-                quote(path, safe="/~"),
+                _canonical_uri(path),
                 "",
                 "".join(f"{n}:{signed[n]}\n" for n in names),
                 ";".join(names),
-                hashlib.sha256(body).hexdigest(),
+                body_sha256 or hashlib.sha256(body).hexdigest(),
             ]
         )
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = (
             f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         )
-        signature = hmac.new(
+        signature = hmac.digest(
             self._signing_key(creds.secret_key, day), to_sign.encode(), "sha256"
-        ).hexdigest()
+        ).hex()
         out = dict(extra)
         out["X-Amz-Date"] = amz_date
         if creds.token:
@@ -110,6 +127,14 @@ class Signer:
             f"SignedHeaders={';'.join(names)}, Signature={signature}"
         )
         return out
+
+    def _amz_date(self) -> str:
+        """X-Amz-Date of now; formatted once per second (strftime is slow)."""
+        second = int(time.time())
+        if self._date[0] != second:
+            stamp = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._date = (second, stamp.strftime("%Y%m%dT%H%M%SZ"))
+        return self._date[1]
 
 
 @dataclass(frozen=True)
@@ -244,7 +269,7 @@ class InvokeClient:
         self._max_idle = MAX_IDLE
         self._lock = threading.Lock()
 
-    def _request(self, function: str, payload: bytes) -> bytes:
+    def _request(self, function: str, payload: bytes, payload_sha256: str | None = None) -> bytes:
         """The request line and headers, signed."""
         path = invoke_path(function)
         headers = self._signer.headers(
@@ -254,6 +279,7 @@ class InvokeClient:
             payload,
             self.credentials.get_frozen_credentials(),
             {"X-Amz-Invocation-Type": "RequestResponse", "Content-Type": "application/json"},
+            body_sha256=payload_sha256,
         )
         headers["User-Agent"] = self.user_agent
         headers["Content-Length"] = str(len(payload))
@@ -290,7 +316,7 @@ class InvokeClient:
         conn.close()
 
     def invoke_many(
-        self, function: str, payloads: list[bytes], window: int = 32
+        self, function: str, bodies: Sequence[Body], window: int = 32
     ) -> list[Response | Exception]:
         """Invoke once per payload, `window` at a time, from the calling thread alone.
 
@@ -302,6 +328,7 @@ class InvokeClient:
         invocations are pure). A connection goes back to the pool only after a whole
         response was read from it.
         """
+        payloads, hashes = _hashed(bodies)
         window = max(1, window)
         self._max_idle = max(MAX_IDLE, window)
         results: list[Response | Exception | None] = [None] * len(payloads)
@@ -311,7 +338,7 @@ class InvokeClient:
                 for i in range(start, min(len(payloads), start + window)):
                     conn = None
                     try:
-                        head = self._request(function, payloads[i])
+                        head = self._request(function, payloads[i], hashes[i])
                         conn, reused = self._take()
                         conn.send(head, payloads[i])
                     except Exception as e:
@@ -352,9 +379,29 @@ class InvokeClient:
         self._give(conn)
         return response
 
-    def invoke(self, function: str, payload: bytes) -> Response:
+    def invoke(self, function: str, payload: Body) -> Response:
         """One invocation; raises what failed."""
         out = self.invoke_many(function, [payload], 1)[0]
         if isinstance(out, Exception):
             raise out
         return out
+
+
+def _hashed(bodies: Sequence[Body]) -> tuple[list[bytes], list[str]]:
+    """Each body whole, and its SHA-256 in hex; a shared first part is hashed once."""
+    states: dict[int, Any] = {}  # id of a shared part -> the hash state after it
+    payloads, hashes = [], []
+    for body in bodies:
+        if isinstance(body, bytes):
+            payloads.append(body)
+            hashes.append(hashlib.sha256(body).hexdigest())
+            continue
+        shared, own = body
+        state = states.get(id(shared))
+        if state is None:
+            state = states[id(shared)] = hashlib.sha256(shared)
+        h = state.copy()
+        h.update(own)
+        payloads.append(shared + own)
+        hashes.append(h.hexdigest())
+    return payloads, hashes

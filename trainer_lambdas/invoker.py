@@ -51,8 +51,8 @@ class LambdaInvoker:
     def __call__(self, requests: Sequence[NeuronRequest]) -> list[NeuronResponse]:
         """Every request's response, in order; failed ones are sent again (all of a round's
         failures together), throttled ones after a backoff."""
-        memo: dict[int, bytes] = {}  # the layer's input, shared by its requests, encoded once
-        payloads = [r.to_json(memo) for r in requests]
+        memo: dict[tuple[int, int], bytes] = {}  # what the layer's requests share, encoded once
+        payloads = [r.to_parts(memo) for r in requests]
         results: list[NeuronResponse | None] = [None] * len(requests)
         attempts = [0] * len(requests)
         throttles = 0

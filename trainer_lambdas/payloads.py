@@ -81,10 +81,18 @@ class NeuronRequest:
     learning_rate: float | None = None  # forward with dz
     p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
 
-    def to_json(self, memo: dict[int, bytes] | None = None) -> bytes:
-        """The request as JSON bytes. `memo` (id of an array -> its encoding) lets the
-        requests of one layer, which share the layer's input, encode it once: the caller
-        keeps the requests, hence the arrays and their ids, alive while it is in use."""
+    def to_parts(self, memo: dict[tuple[int, int], bytes] | None = None) -> tuple[bytes, bytes]:
+        """The request as JSON bytes in two parts: the arrays that all of a layer's requests
+        share (its input, and the input of the update it carries), then the rest. `memo`
+        (ids of the shared arrays -> their part) lets a layer's requests encode the shared
+        part once; the caller keeps the requests, hence the arrays and their ids, alive
+        while it is in use. The Invoke client hashes a shared part once too."""
+        key = (id(self.a_prev), id(self.grad_input))
+        shared = None if memo is None else memo.get(key)
+        if shared is None:
+            shared = b"{" + b"".join(_field(k, getattr(self, k)) + b", " for k in _SHARED)
+            if memo is not None:
+                memo[key] = shared
         d: dict[str, Any] = {
             "kind": "neuron",
             "run_id": self.run_id,
@@ -97,27 +105,14 @@ class NeuronRequest:
             "indices": self.indices,
             "learning_rate": self.learning_rate,
         }
-        parts = [json.dumps(d).encode()[:-1]]  # without the closing brace
-        for k in ("w", "b", "a_prev", "dz", "grad_input", "p0"):
-            v = getattr(self, k)
-            if v is None:
-                parts.append(f', "{k}": null'.encode())
-                continue
-            encoded = None if memo is None else memo.get(id(v))
-            if encoded is None:
-                a = np.ascontiguousarray(v, dtype="<f8")
-                encoded = b"".join(
-                    [
-                        f', "{k}": {{"shape": {list(a.shape)}, "f8": "'.encode(),
-                        a.tobytes().hex().encode("ascii"),
-                        b'"}',
-                    ]
-                )
-                if memo is not None and k in ("a_prev", "grad_input"):
-                    memo[id(v)] = encoded
-            parts.append(encoded)
-        parts.append(b"}")
-        return b"".join(parts)
+        own = [json.dumps(d).encode()[1:-1]]  # without the braces
+        own += [b", " + _field(k, getattr(self, k)) for k in ("w", "b", "dz", "p0")]
+        own.append(b"}")
+        return shared, b"".join(own)
+
+    def to_json(self, memo: dict[tuple[int, int], bytes] | None = None) -> bytes:
+        """The request as JSON bytes (`to_parts`, joined)."""
+        return b"".join(self.to_parts(memo))
 
     @classmethod
     def from_event(cls, event: Any) -> "NeuronRequest":
@@ -160,6 +155,23 @@ class NeuronRequest:
         if req.p0 is not None and (req.phase != "forward" or req.layer != 1):
             raise PayloadError("only a first-layer forward request can be in the dual form (p0)")
         return req
+
+
+_SHARED = ("a_prev", "grad_input")
+
+
+def _field(key: str, v: np.ndarray | None) -> bytes:
+    """`"key": <packed array>` (or null), the array's hex spliced in as bytes."""
+    if v is None:
+        return f'"{key}": null'.encode()
+    a = np.ascontiguousarray(v, dtype="<f8")
+    return b"".join(
+        [
+            f'"{key}": {{"shape": {list(a.shape)}, "f8": "'.encode(),
+            a.tobytes().hex().encode("ascii"),
+            b'"}',
+        ]
+    )
 
 
 @dataclass(frozen=True)

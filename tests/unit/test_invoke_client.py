@@ -1,5 +1,6 @@
 """The lean Invoke client against a real HTTP server on loopback: bodies, keep-alive, retry."""
 
+import datetime
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -151,3 +152,29 @@ def test_invoke_many_reports_each_failure_in_its_place() -> None:
     s.close()  # nothing listens there now
     out = _client(port).invoke_many("f", [b"a", b"b"], window=2)
     assert all(isinstance(r, ConnectionRefusedError) for r in out)
+
+
+def test_two_part_bodies_go_out_whole_and_are_signed_as_whole(server) -> None:  # type: ignore[no-untyped-def]
+    """A body may come as (a part several requests share, the rest): it is sent joined, and
+    its SHA-256 (what SigV4 signs) is that of the joined bytes, the shared part hashed once."""
+    import hashlib
+
+    from state import invoke
+
+    port, replies, seen = server
+    shared = b'{"a_prev": [1, 2], '
+    bodies: list[invoke.Body] = [(shared, b'"lo": 0}'), (shared, b'"lo": 1}'), b'{"lo": 2}']
+    joined = [shared + b'"lo": 0}', shared + b'"lo": 1}', b'{"lo": 2}']
+    replies += [lambda b: _ok(b)] * 3
+    out = _client(port).invoke_many("f", bodies, window=1)
+    assert [r.body for r in out] == joined  # type: ignore[union-attr]
+    assert [body for _, body, _ in seen] == joined
+    payloads, hashes = invoke._hashed(bodies)
+    assert payloads == joined
+    assert hashes == [hashlib.sha256(b).hexdigest() for b in joined]
+    # the Authorization header signs that hash: the same as the signer computing it itself
+    signer = invoke.Signer("us-east-1")
+    creds = Credentials("AK", "SK", "TOK").get_frozen_credentials()
+    args = ("POST", "h", "/p", joined[0], creds, {})
+    now = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC)
+    assert signer.headers(*args, now) == signer.headers(*args, now, body_sha256=hashes[0])
