@@ -269,8 +269,10 @@ class WorkerPool:
         return worker
 
     def release(self, worker: Worker, healthy: bool = True) -> None:
+        """Give a worker back; `healthy`: it has just answered (a dead idle worker is found
+        out by `acquire`)."""
         with self._cond:
-            if healthy and worker.alive and not self._closed:
+            if healthy and not self._closed:
                 self._idle.append(worker)
             else:
                 self._count -= 1

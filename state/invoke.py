@@ -15,6 +15,7 @@ It returns the status, headers and body; `state.functions` turns them into domai
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import hashlib
@@ -318,50 +319,51 @@ class InvokeClient:
     def invoke_many(
         self, function: str, bodies: Sequence[Body], window: int = 32
     ) -> list[Response | Exception]:
-        """Invoke once per payload, `window` at a time, from the calling thread alone.
+        """Invoke once per body, at most `window` in flight, from the calling thread alone.
 
-        Each request of a window goes out on its own keep-alive connection, then the
-        responses are read in order: the invocations run in parallel without a thread per
-        request. A request that fails gets its exception in its place in the result (signing
-        errors included). A reused connection the server had dropped is tried once more on
-        a fresh one, freshly signed (re-sending is safe for what this client is for: neuron
-        invocations are pure). A connection goes back to the pool only after a whole
-        response was read from it.
+        Each request in flight has its own keep-alive connection; the responses are read in
+        order, and each one read lets the next request go out (a sliding window): the
+        invocations run in parallel without a thread per request. A request that fails gets
+        its exception in its place in the result (signing errors included). A reused
+        connection the server had dropped is tried once more on a fresh one, freshly signed
+        (re-sending is safe for what this client is for: neuron invocations are pure). A
+        connection goes back to the pool only after a whole response was read from it.
         """
         payloads, hashes = _hashed(bodies)
         window = max(1, window)
         self._max_idle = max(MAX_IDLE, window)
         results: list[Response | Exception | None] = [None] * len(payloads)
-        for start in range(0, len(payloads), window):
-            sent: list[tuple[int, _Connection, bool]] = []
-            try:
-                for i in range(start, min(len(payloads), start + window)):
-                    conn = None
+        in_flight: collections.deque[tuple[int, _Connection, bool]] = collections.deque()
+        try:
+            for i in range(len(payloads) + 1):
+                while in_flight and (len(in_flight) >= window or i == len(payloads)):
+                    j, busy, reused = in_flight.popleft()
                     try:
-                        head = self._request(function, payloads[i], hashes[i])
-                        conn, reused = self._take()
-                        conn.send(head, payloads[i])
+                        results[j] = busy.receive()
                     except Exception as e:
-                        if conn is not None:
-                            conn.close()
-                            if reused:
-                                results[i] = self._retry(function, payloads[i], e)
-                                continue
-                        results[i] = e
+                        busy.close()
+                        results[j] = self._retry(function, payloads[j], e) if reused else e
                         continue
-                    sent.append((i, conn, reused))
-                while sent:
-                    i, conn, reused = sent.pop(0)
-                    try:
-                        results[i] = conn.receive()
-                    except Exception as e:
+                    self._give(busy)
+                if i == len(payloads):
+                    break
+                conn = None
+                try:
+                    head = self._request(function, payloads[i], hashes[i])
+                    conn, reused = self._take()
+                    conn.send(head, payloads[i])
+                except Exception as e:
+                    if conn is not None:
                         conn.close()
-                        results[i] = self._retry(function, payloads[i], e) if reused else e
-                        continue
-                    self._give(conn)
-            finally:
-                for _, conn, _ in sent:  # not read (an exception went through): unusable
-                    conn.close()
+                        if reused:
+                            results[i] = self._retry(function, payloads[i], e)
+                            continue
+                    results[i] = e
+                    continue
+                in_flight.append((i, conn, reused))
+        finally:
+            for _, busy, _ in in_flight:  # not read (an exception went through): unusable
+                busy.close()
         return [r if r is not None else RuntimeError("not sent") for r in results]
 
     def _retry(self, function: str, payload: bytes, first: Exception) -> Response | Exception:
