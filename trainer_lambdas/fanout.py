@@ -92,7 +92,6 @@ def step(
     blocks apply in this step's forward invocations."""
     deferred = deferred or {}
     cur: Weights = list(weights)
-    zs: list[np.ndarray] = []
     acts: list[np.ndarray] = []
     p0 = None
     if inp.p0 is not None:
@@ -113,9 +112,9 @@ def step(
                 for blk in layer_blocks
             ]
         elif not layer_blocks:
-            f = neurons.forward(w, b, _local_input(a_prev, layer), inp.activations[layer])
-            zs.append(f.z)
-            acts.append(f.a)
+            acts.append(
+                neurons.forward(w, b, _local_input(a_prev, layer), inp.activations[layer]).a
+            )
             continue
         else:
             reqs = [
@@ -127,7 +126,6 @@ def step(
         outs = invoke(reqs)
         if pending is not None:  # the blocks applied it before their forward pass
             cur[layer] = neurons.update(w, b, _gradients(outs), inp.learning_rate)
-        zs.append(np.vstack([_need(o.z, "z") for o in outs]))
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
         if phase == "output":
             output_grads = _gradients(outs, with_dz=True)
@@ -140,12 +138,12 @@ def step(
         a_prev = None if layer == 0 else acts[layer - 1]
         act = inp.activations[layer]
         if layer == 0 and p0 is not None:
-            g = dual.backward(zs[0], acts[0], da, act, w.shape[1], inp.indices)
+            g = dual.backward(acts[0], da, act, w.shape[1], inp.indices)
             new[0] = neurons.update(w, b, g, inp.learning_rate)
             continue
         if not blocks[layer]:
             a_in = _local_input(a_prev, layer)
-            g = neurons.backward(w, zs[layer], acts[layer], a_in, da, act, a_in.shape[1], True)
+            g = neurons.backward(w, acts[layer], a_in, da, act, a_in.shape[1], True)
             new[layer] = neurons.update(w, b, g, inp.learning_rate)
             da = g.da_prev
             continue
@@ -153,7 +151,7 @@ def step(
             dz = output_grads.dz  # computed with the forward pass
             new[layer] = neurons.update(w, b, output_grads, inp.learning_rate)
         else:
-            dz = neurons.dz_of(da, zs[layer], acts[layer], act)
+            dz = neurons.dz_of(da, acts[layer], act)
             if a_prev is not None:
                 # A hidden layer's blocks apply this update in their next forward invocation
                 # (or `settle` does): no backward wave for it.
@@ -266,13 +264,13 @@ def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None)
             w, b = neurons.update(w, b, g, _need_float(req.learning_rate, "learning_rate"))
         f = neurons.forward(w, b, a_prev, req.activation)
         if g is None:
-            return NeuronResponse(z=f.z, a=f.a)
-        return NeuronResponse(z=f.z, a=f.a, dw=g.dw, db=g.db)
+            return NeuronResponse(a=f.a)
+        return NeuronResponse(a=f.a, dw=g.dw, db=g.db)
     if req.phase == "output":
         f = neurons.forward(req.w, req.b, a_prev, req.activation)
         da = cross_entropy_grad(f.a, _need(y, "y"))  # elementwise: each block its own rows
-        g = neurons.backward(req.w, f.z, f.a, a_prev, da, req.activation, a_prev.shape[1], False)
-        return NeuronResponse(z=f.z, a=f.a, dw=g.dw, db=g.db, dz=g.dz)
+        g = neurons.backward(req.w, f.a, a_prev, da, req.activation, a_prev.shape[1], False)
+        return NeuronResponse(a=f.a, dw=g.dw, db=g.db, dz=g.dz)
     g = neurons.weight_gradients(_need(req.dz, "dz"), a_prev, a_prev.shape[1])
     return NeuronResponse(dw=g.dw, db=g.db)
 
@@ -280,7 +278,7 @@ def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None)
 def compute_dual(req: NeuronRequest, gram_cols: np.ndarray) -> NeuronResponse:
     """A first-layer block's forward pass in the dual form, given G's batch columns."""
     f = dual.forward(req.w, req.b, _need(req.p0, "p0"), gram_cols, req.activation)
-    return NeuronResponse(z=f.z, a=f.a)
+    return NeuronResponse(a=f.a)
 
 
 def _local_input(a_prev: np.ndarray | None, layer: int) -> np.ndarray:

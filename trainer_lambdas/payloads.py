@@ -176,16 +176,16 @@ def _field(key: str, v: np.ndarray | None) -> bytes:
 
 @dataclass(frozen=True)
 class NeuronResponse:
-    z: np.ndarray | None = None
+    """A block's outputs: its activations (forward: the trainer needs no Z, as every
+    activation's derivative is a function of its output), and its gradients."""
+
     a: np.ndarray | None = None
     dw: np.ndarray | None = None
     db: np.ndarray | None = None
     dz: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            k: pack(v) for k in ("z", "a", "dw", "db", "dz") if (v := getattr(self, k)) is not None
-        }
+        return {k: pack(v) for k in ("a", "dw", "db", "dz") if (v := getattr(self, k)) is not None}
 
     @classmethod
     def from_json(cls, body: bytes) -> "NeuronResponse":
@@ -195,7 +195,7 @@ class NeuronResponse:
             raise PayloadError(f"neuron response is not JSON: {e}") from e
         if not isinstance(d, dict):
             raise PayloadError("neuron response is not an object")
-        return cls(**{k: _opt(d, k) for k in ("z", "a", "dw", "db", "dz")})
+        return cls(**{k: _opt(d, k) for k in ("a", "dw", "db", "dz")})
 
 
 TRAINER_REASONS = ("launch", "handover", "watchdog", "resume")

@@ -29,8 +29,8 @@ def _dual_step(state, basis, g, idx, lr):
     f2 = neurons.forward(w2, b2, f1.a, ACTS[1])
     y = Y if idx is None else Y[:, idx]
     da = -(y / f2.a) + (1 - y) / (1 - f2.a)
-    g2 = neurons.backward(w2, f2.z, f2.a, f1.a, da, ACTS[1], y.shape[1])
-    g1 = dual.backward(f1.z, f1.a, g2.da_prev, ACTS[0], M, idx)
+    g2 = neurons.backward(w2, f2.a, f1.a, da, ACTS[1], y.shape[1])
+    g1 = dual.backward(f1.a, g2.da_prev, ACTS[0], M, idx)
     return [neurons.update(c, b1, g1, lr), neurons.update(w2, b2, g2, lr)]
 
 

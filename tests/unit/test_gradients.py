@@ -16,8 +16,15 @@ def test_activation_derivative_matches_finite_difference(name: str) -> None:
     z = z[np.abs(z) > 1e-3]  # relu has no derivative at 0
     h = 1e-6
     numeric = (activate(name, z + h) - activate(name, z - h)) / (2 * h)
-    analytic = derivative(name, z, activate(name, z))
+    analytic = derivative(name, activate(name, z))
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_relu_derivative_from_its_output_is_the_step_of_its_input() -> None:
+    """Backward passes get only A (no Z): relu's g'(z) = [z > 0] must come out of a = max(z, 0)
+    exactly, at 0, at the smallest numbers and for -0.0 too."""
+    z = np.array([[-3.0, -5e-324, -0.0, 0.0, 5e-324, 1e-300, 2.0]])
+    np.testing.assert_array_equal(derivative("relu", activate("relu", z)), (z > 0).astype(float))
 
 
 def test_sigmoid_is_stable_for_large_inputs() -> None:
@@ -87,13 +94,13 @@ def test_blocks_assembled_over_a_layer_equal_the_vectorised_layer() -> None:
     a_prev = rng.normal(size=(9, 13))
     da = rng.normal(size=(7, 13))
     whole_f = neurons.forward(w, b, a_prev, "relu")
-    whole_b = neurons.backward(w, whole_f.z, whole_f.a, a_prev, da, "relu", 13)
+    whole_b = neurons.backward(w, whole_f.a, a_prev, da, "relu", 13)
     for blocks in ([(i, i + 1) for i in range(7)], [(0, 3), (3, 6), (6, 7)]):
         parts_f = [neurons.forward(w[lo:hi], b[lo:hi], a_prev, "relu") for lo, hi in blocks]
         np.testing.assert_allclose(np.vstack([f.z for f in parts_f]), whole_f.z, rtol=1e-12)
         np.testing.assert_allclose(np.vstack([f.a for f in parts_f]), whole_f.a, rtol=1e-12)
         parts_b = [
-            neurons.backward(w[lo:hi], f.z, f.a, a_prev, da[lo:hi], "relu", 13)
+            neurons.backward(w[lo:hi], f.a, a_prev, da[lo:hi], "relu", 13)
             for (lo, hi), f in zip(blocks, parts_f, strict=True)
         ]
         np.testing.assert_allclose(np.vstack([g.dw for g in parts_b]), whole_b.dw, rtol=1e-12)

@@ -148,7 +148,7 @@ def test_payloads_round_trip_exactly() -> None:
     assert again.learning_rate == lr and np.array_equal(again.grad_input, a)  # type: ignore[arg-type]
     resp = NeuronResponse(dw=a, db=a[:, :1])
     back = NeuronResponse.from_json(json.dumps(resp.to_dict()).encode())
-    assert back.dw is not None and np.array_equal(back.dw, a) and back.z is None
+    assert back.dw is not None and np.array_equal(back.dw, a) and back.a is None
 
 
 @pytest.mark.parametrize("k", [1, 5])

@@ -17,7 +17,7 @@ def _sigmoid(z: Array) -> Array:
     return out
 
 
-def _sigmoid_grad(z: Array, a: Array) -> Array:
+def _sigmoid_grad(a: Array) -> Array:
     return a * (1.0 - a)
 
 
@@ -25,20 +25,20 @@ def _relu(z: Array) -> Array:
     return np.maximum(z, 0.0)
 
 
-def _relu_grad(z: Array, a: Array) -> Array:
-    return (z > 0).astype(z.dtype)
+def _relu_grad(a: Array) -> Array:
+    return (a > 0).astype(a.dtype)  # a = max(z, 0) > 0 exactly where z > 0
 
 
 def _tanh(z: Array) -> Array:
     return np.tanh(z)
 
 
-def _tanh_grad(z: Array, a: Array) -> Array:
+def _tanh_grad(a: Array) -> Array:
     return 1.0 - a * a
 
 
-# name -> (g(z), g'(z) given z and a = g(z))
-ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], Callable[[Array, Array], Array]]] = {
+# name -> (g(z), g'(z) given a = g(z))
+ACTIVATIONS: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
     "relu": (_relu, _relu_grad),
     "sigmoid": (_sigmoid, _sigmoid_grad),
     "tanh": (_tanh, _tanh_grad),
@@ -50,6 +50,7 @@ def activate(name: str, z: Array) -> Array:
     return ACTIVATIONS[name][0](z)
 
 
-def derivative(name: str, z: Array, a: Array) -> Array:
-    """g'(z), given z and a = g(z) (whichever is cheaper to use)."""
-    return ACTIVATIONS[name][1](z, a)
+def derivative(name: str, a: Array) -> Array:
+    """g'(z), given a = g(z): every activation here has its derivative in terms of its
+    output, so a backward pass needs only the activations (no Z travels back)."""
+    return ACTIVATIONS[name][1](a)

@@ -84,7 +84,6 @@ def forward(
 
 
 def backward(
-    z: np.ndarray,
     a: np.ndarray,
     da: np.ndarray,
     activation: str,
@@ -93,7 +92,7 @@ def backward(
 ) -> Backward:
     """The gradients of the mean loss over the batch, in the dual form: dL/dC is dZ1 / m_b
     in the batch's columns of C (m of them), 0 elsewhere; dL/db as in the primal form."""
-    dz = da * derivative(activation, z, a)
+    dz = da * derivative(activation, a)
     m_b = dz.shape[1]
     if idx is None:
         dc = dz / m_b

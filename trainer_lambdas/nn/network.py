@@ -53,9 +53,7 @@ def gradients(
     for layer in reversed(range(len(weights))):
         a_prev = x if layer == 0 else outs[layer - 1].a
         w = weights[layer][0]
-        g = neurons.backward(
-            w, outs[layer].z, outs[layer].a, a_prev, da, activations[layer], m, layer > 0
-        )
+        g = neurons.backward(w, outs[layer].a, a_prev, da, activations[layer], m, layer > 0)
         grads[layer] = g
         da = g.da_prev
     return cost, grads

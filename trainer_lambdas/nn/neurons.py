@@ -34,7 +34,6 @@ def forward(w: np.ndarray, b: np.ndarray, a_prev: np.ndarray, activation: str) -
 
 def backward(
     w: np.ndarray,
-    z: np.ndarray,
     a: np.ndarray,
     a_prev: np.ndarray,
     da: np.ndarray,
@@ -46,16 +45,16 @@ def backward(
 
     The first layer's share of dL/dA_prev is never used: `need_da_prev=False` skips it.
     """
-    dz = dz_of(da, z, a, activation)
+    dz = dz_of(da, a, activation)
     g = weight_gradients(dz, a_prev, m)
     if need_da_prev:
         return Backward(dw=g.dw, db=g.db, da_prev=w.T @ dz, dz=dz)
     return g
 
 
-def dz_of(da: np.ndarray, z: np.ndarray, a: np.ndarray, activation: str) -> np.ndarray:
-    """dL_sum/dZ of a block's rows from dL_sum/dA: elementwise."""
-    return da * derivative(activation, z, a)
+def dz_of(da: np.ndarray, a: np.ndarray, activation: str) -> np.ndarray:
+    """dL_sum/dZ of a block's rows from dL_sum/dA and the rows' activations: elementwise."""
+    return da * derivative(activation, a)
 
 
 def weight_gradients(dz: np.ndarray, a_prev: np.ndarray, m: int) -> Backward:
