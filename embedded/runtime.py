@@ -439,6 +439,9 @@ class InvokeHandler(BaseHTTPRequestHandler):
     """The Lambda Invoke API (HTTP/1.1, keep-alive); other Lambda calls go to the emulator."""
 
     protocol_version = "HTTP/1.1"
+    # A read buffer that takes a request's line, headers and body in one recv(2) (a layer's
+    # neuron requests are up to a few hundred KB).
+    rbufsize = 1 << 19
     runtime: Runtime
     emulator: tuple[str, int]
     extra_routes: dict[str, Any]
