@@ -19,6 +19,7 @@ The AWS projection (`itsacat.projection`) turns those counts into time and dolla
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -38,6 +39,7 @@ import numpy as np
 from itsacat import projection
 
 NETWORK_EPOCHS = 2500  # the default parameters' epochs: the projected run
+POLL_S = 0.25  # how often the bench reads the run record while a plan trains
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _get_json(url: str) -> dict[str, Any]:
 class Snapshot:
     """The stack's counters at one moment (the emulator's and the runtime's)."""
 
-    epochs_done: int
+    epochs_done: float  # epochs trained when it was taken (interpolated between commits)
     invocations: float  # neuron handler executions
     duration_ms: float  # their summed handler time
     payload_bytes: float  # request + response payloads of every function
@@ -98,7 +100,7 @@ class Snapshot:
         }
 
 
-def snapshot(lambda_url: str, emulator_url: str, neuron: str, epochs_done: int) -> Snapshot:
+def snapshot(lambda_url: str, emulator_url: str, neuron: str, epochs_done: float) -> Snapshot:
     stats = _get_json(f"{lambda_url}/itsacat/stats")["functions"]
     counts = _get_json(f"{emulator_url}/_itsacat/requests")
     n = stats.get(neuron, {})
@@ -120,15 +122,33 @@ def snapshot(lambda_url: str, emulator_url: str, neuron: str, epochs_done: int) 
 def per_epoch(first: Snapshot, last: Snapshot) -> dict[str, Any]:
     """Counts per epoch between two snapshots (at least one epoch apart)."""
     d = last.minus(first)
-    e = max(1, d["epochs"])
+    e = max(1.0, d["epochs"])
     return {
-        "epochs_counted": d["epochs"],
+        "epochs_counted": round(d["epochs"], 1),
         "invocations_per_epoch": d["invocations"] / e,
         "requests_per_epoch": {k: round(v / e, 3) for k, v in d["requests"].items()},
         "payload_bytes_per_epoch": round(d["payload_bytes"] / e),
         "storage_bytes_per_epoch": round(d["storage_bytes"] / e),
         "execution_ms": d["duration_ms"] / d["invocations"] if d["invocations"] else 0.0,
     }
+
+
+def epochs_at(t: float, written: list[float]) -> float:
+    """How many epochs were done at time `t`, from the cost rows' `written` times: whole
+    at each commit, and in between, what the next commit's rate says (its epochs are
+    spread evenly over the time since the previous one)."""
+    stamps = sorted(set(written))
+    done = 0.0
+    previous = None
+    for stamp in stamps:
+        n = written.count(stamp)
+        if t < stamp:
+            if previous is None:
+                return 0.0
+            return done + n * (t - previous) / (stamp - previous)
+        done += n
+        previous = stamp
+    return done
 
 
 def median_epoch_s(written: list[float]) -> float:
@@ -216,7 +236,11 @@ def run_plan(
     neuron = env["NEURON_FUNCTION"]
     runs = Runs(env)
     run_id, _ = upload_dataset(env, dataset, params)
-    seen: list[Snapshot] = []
+    # Counters are read after each commit seen, with the time: how many epochs were done
+    # at that moment is interpolated afterwards from the commits' times (the cost rows'),
+    # so the run record can be polled slowly (each poll is a request the emulator serves
+    # on the same two cores as the run).
+    seen: list[tuple[float, Snapshot]] = []
     last_epochs = -1
     began = time.monotonic()
     while True:
@@ -225,18 +249,19 @@ def run_plan(
         if run.status not in ACTIVE:
             break
         if done != last_epochs and 1 <= done < params.epochs:
-            seen.append(snapshot(lambda_url, emulator_url, neuron, done))
+            seen.append((time.time(), snapshot(lambda_url, emulator_url, neuron, 0)))
             last_epochs = done
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     if run.status != "SUCCEEDED":
         raise RuntimeError(f"run {run_id} ended {run.status}: {run.get('error')}")
     final = snapshot(lambda_url, emulator_url, neuron, params.epochs)
-    if len(seen) >= 2:
-        counts = per_epoch(seen[0], seen[-1])
-    else:  # too few commits seen to bracket whole epochs: the whole run, launch included
-        log(f"  (counts over the whole run: only {len(seen)} commit(s) observed)")
-        counts = per_epoch(seen[0] if seen else _zero(), final)
     written = _cost_times(env["COSTS_TABLE"], run_id)
+    dated = [dataclasses.replace(s, epochs_done=epochs_at(t, written)) for t, s in seen]
+    if len(dated) >= 2:
+        counts = per_epoch(dated[0], dated[-1])
+    else:  # too few commits seen to bracket whole epochs: the whole run, launch included
+        log(f"  (counts over the whole run: only {len(dated)} commit(s) observed)")
+        counts = per_epoch(dated[0] if dated else _zero(), final)
     return {
         "run_id": run_id,
         "costs": runs.costs.of_run(run),
