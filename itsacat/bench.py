@@ -133,24 +133,6 @@ def per_epoch(first: Snapshot, last: Snapshot) -> dict[str, Any]:
     }
 
 
-def epochs_at(t: float, written: list[float]) -> float:
-    """How many epochs were done at time `t`, from the cost rows' `written` times: whole
-    at each commit, and in between, what the next commit's rate says (its epochs are
-    spread evenly over the time since the previous one)."""
-    stamps = sorted(set(written))
-    done = 0.0
-    previous = None
-    for stamp in stamps:
-        n = written.count(stamp)
-        if t < stamp:
-            if previous is None:
-                return 0.0
-            return done + n * (t - previous) / (stamp - previous)
-        done += n
-        previous = stamp
-    return done
-
-
 def median_epoch_s(written: list[float]) -> float:
     """Median seconds per epoch between commits, from the cost rows' `written` times.
 
@@ -236,11 +218,12 @@ def run_plan(
     neuron = env["NEURON_FUNCTION"]
     runs = Runs(env)
     run_id, _ = upload_dataset(env, dataset, params)
-    # Counters are read after each commit seen, with the time: how many epochs were done
-    # at that moment is interpolated afterwards from the commits' times (the cost rows'),
-    # so the run record can be polled slowly (each poll is a request the emulator serves
-    # on the same two cores as the run).
-    seen: list[tuple[float, Snapshot]] = []
+    # The counters are read after each commit seen, together with the run record's own
+    # count of neuron invocations at that commit. The record is exact at commits, so how
+    # many epochs were done when the counters were read is the commit's epochs plus the
+    # invocations made since, at the window's exact invocations per epoch: the record can
+    # be polled slowly (each poll is a request the emulator serves on the run's two cores).
+    seen: list[tuple[int, int, Snapshot]] = []  # (epochs done, invocations then, counters)
     last_epochs = -1
     began = time.monotonic()
     while True:
@@ -249,14 +232,23 @@ def run_plan(
         if run.status not in ACTIVE:
             break
         if done != last_epochs and 1 <= done < params.epochs:
-            seen.append((time.time(), snapshot(lambda_url, emulator_url, neuron, 0)))
+            committed = int(run.get("invocations", 0))
+            seen.append((done, committed, snapshot(lambda_url, emulator_url, neuron, done)))
             last_epochs = done
         time.sleep(POLL_S)
     if run.status != "SUCCEEDED":
         raise RuntimeError(f"run {run_id} ended {run.status}: {run.get('error')}")
     final = snapshot(lambda_url, emulator_url, neuron, params.epochs)
     written = _cost_times(env["COSTS_TABLE"], run_id)
-    dated = [dataclasses.replace(s, epochs_done=epochs_at(t, written)) for t, s in seen]
+    dated = [s for _, _, s in seen]
+    if len(seen) >= 2 and seen[-1][0] > seen[0][0]:
+        (e0, i0, _), (e1, i1, _) = seen[0], seen[-1]
+        rate = (i1 - i0) / (e1 - e0)  # exact: both at commits
+        if rate > 0:
+            dated = [
+                dataclasses.replace(s, epochs_done=e + (s.invocations - i) / rate)
+                for e, i, s in seen
+            ]
     if len(dated) >= 2:
         counts = per_epoch(dated[0], dated[-1])
     else:  # too few commits seen to bracket whole epochs: the whole run, launch included

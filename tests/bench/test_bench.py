@@ -63,16 +63,6 @@ def test_per_epoch_counts_are_window_deltas() -> None:
     assert bench.median_epoch_s([0.0, 0.0, 3.0, 3.0, 3.0, 7.0, 7.0, 9.0, 9.0]) == 1.0
 
 
-def test_epochs_done_at_a_moment_are_interpolated_between_commits() -> None:
-    # commits at 10 s (5 epochs), 20 s (5 more) and 40 s (10 more): rows share their time
-    written = [10.0] * 5 + [20.0] * 5 + [40.0] * 10
-    assert bench.epochs_at(5.0, written) == 0.0  # before the first commit: nothing known
-    assert bench.epochs_at(10.0, written) == 5.0
-    assert bench.epochs_at(15.0, written) == 7.5  # half-way to the next commit's 5 epochs
-    assert bench.epochs_at(35.0, written) == 17.5
-    assert bench.epochs_at(99.0, written) == 20.0
-
-
 def test_projection_arithmetic() -> None:
     assert projection.waves([20, 7, 5, 1]) == 2 * (1 + 1 + 1 + 1)
     assert projection.waves([20, 7, 5, 1], concurrency=8) == 2 * (3 + 1 + 1 + 1)
