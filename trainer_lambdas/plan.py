@@ -27,7 +27,11 @@ class Block:
 
 
 def max_rows(n_prev: int, m: int) -> int:
-    """Most rows one block may carry: its dW (rows x n_prev) and z/a/da (rows x m)."""
+    """Most rows one block may carry: its weights or dW (rows x n_prev) and its rows of A
+    and dZ (rows x m), with room to spare. (Not counted: the layer's inputs, which every
+    block of a layer gets whole, twice for a hidden layer (this step's and the last's):
+    2 x n_prev x m values, under the limit while n_prev x m stays under about 180,000,
+    e.g. layers up to about 850 wide after the first at 209 examples.)"""
     per_row = 8 * HEX * (n_prev + 3 * m + 1)
     return max(1, int(ARRAY_BUDGET // per_row))
 
