@@ -64,6 +64,7 @@ class Pending:
 
     dz: np.ndarray  # (n_l, m_b) dL_sum/dZ of the layer's rows in that step
     a_prev: np.ndarray  # (n_{l-1}, m_b) the layer's input in that step
+    learning_rate: float  # that step's
 
 
 # layer (0-based) -> its pending update; `settle` applies them all
@@ -118,14 +119,12 @@ def step(
             continue
         else:
             reqs = [
-                _request(
-                    inp, blk, phase, w[blk.lo : blk.hi], b, a_prev, **_deferred(pending, blk, inp)
-                )
+                _request(inp, blk, phase, w[blk.lo : blk.hi], b, a_prev, **_deferred(pending, blk))
                 for blk in layer_blocks
             ]
         outs = invoke(reqs)
         if pending is not None:  # the blocks applied it before their forward pass
-            cur[layer] = neurons.update(w, b, _gradients(outs), inp.learning_rate)
+            cur[layer] = neurons.update(w, b, _gradients(outs), pending.learning_rate)
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
         if phase == "output":
             output_grads = _gradients(outs, with_dz=True)
@@ -155,7 +154,7 @@ def step(
             if a_prev is not None:
                 # A hidden layer's blocks apply this update in their next forward invocation
                 # (or `settle` does): no backward wave for it.
-                pend[layer] = Pending(dz=dz, a_prev=a_prev)
+                pend[layer] = Pending(dz=dz, a_prev=a_prev, learning_rate=inp.learning_rate)
             else:  # the first layer in the primal form: its inputs live with the neurons
                 reqs = [_backward_request(inp, blk, w, b, None, dz) for blk in blocks[layer]]
                 new[layer] = neurons.update(w, b, _gradients(invoke(reqs)), inp.learning_rate)
@@ -187,7 +186,8 @@ def settle(
     for layer in layers:
         n = len(blocks[layer])
         w, b = weights[layer]
-        new[layer] = neurons.update(w, b, _gradients(outs[i : i + n]), inp.learning_rate)
+        g = _gradients(outs[i : i + n])
+        new[layer] = neurons.update(w, b, g, deferred[layer].learning_rate)
         i += n
     return new
 
@@ -203,14 +203,14 @@ def _gradients(outs: list[NeuronResponse], with_dz: bool = False) -> neurons.Bac
     )
 
 
-def _deferred(pending: Pending | None, blk: Block, inp: StepInputs) -> dict[str, Any]:
+def _deferred(pending: Pending | None, blk: Block) -> dict[str, Any]:
     """What a forward request carries to apply its block's pending update first."""
     if pending is None:
         return {}
     return {
         "dz": pending.dz[blk.lo : blk.hi],
         "grad_input": pending.a_prev,
-        "learning_rate": inp.learning_rate,
+        "learning_rate": pending.learning_rate,
     }
 
 
