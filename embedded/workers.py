@@ -35,8 +35,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lambda gives a function's init (imports, module-level setup) its own limit of 10 s; the
 # invocation's timeout starts after it.
 INIT_TIMEOUT_S = 10.0
-# A pipe this large carries a whole request or response in one write and one read.
-PIPE_BYTES = 1 << 20
+# A pipe this large carries a layer's neuron request in one write and one read (a pipe's
+# size counts against the user's pipe budget, 64 MB by default: 256 KB leaves room).
+PIPE_BYTES = 1 << 18
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -298,7 +299,9 @@ class WorkerPool:
                     worker = self._idle.pop()
                     if worker.alive:
                         return worker
-                    self._count -= 1
+                    self._count -= 1  # it exited while idle: let its pipes go
+                    self._all.discard(worker)
+                    worker.kill()
                 if self._count < self.size:
                     self._count += 1
                     break

@@ -5,8 +5,9 @@ each one costs about 1 ms of the trainer's CPU (request model, hooks, validation
 parsing), more than the neuron's own work; this client builds the one request by hand:
 the `POST /2015-03-31/functions/<name>/invocations` of the Lambda API reference, signed
 with Signature Version 4 (tested to sign exactly as botocore does), over a pool of
-keep-alive connections, one per request in flight (`invoke_many` sends a whole layer's
-requests before reading the answers: parallel without a thread per request). The
+keep-alive connections, one per request in flight (`invoke_many` keeps up to a window of
+a layer's requests in flight, reading the answers in order: parallel without a thread per
+request). The
 endpoint, region and credentials are boto3's, so it reaches the same place as every other
 client: AWS, or the embedded stack's Lambda endpoint.
 

@@ -16,7 +16,7 @@ from typing import Any
 from state.errors import Conflict, NotFound, StateError
 from state.objects import data_key
 from state.runs import PREPARING
-from trainer_lambdas import datasets
+from trainer_lambdas import datasets, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
 from trainer_lambdas.nn import dual, schedule
@@ -115,7 +115,9 @@ class Launcher:
         m = train.m
         try:
             in_dual = dual.use_dual(p.first_layer, n_x, m)
-        except params_mod.ParameterError as e:
+            m_b = m if p.full_batch(m) or p.batch_size is None else p.batch_size
+            plan.check_inputs(p.neurons, m_b, p.plan)
+        except (params_mod.ParameterError, ValueError) as e:
             raise Rejected(f"{params_key}: {e}") from e
         train_key = data_key(run_id, "train")
         self.s.objects.put_arrays(train_key, x=train.x, y=train.y)

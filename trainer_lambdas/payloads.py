@@ -150,8 +150,18 @@ class NeuronRequest:
                 raise PayloadError(
                     "a forward request with a deferred dz needs grad_input and learning_rate"
                 )
-            if req.grad_input.shape[1] != req.dz.shape[1]:
-                raise PayloadError("a deferred dz and its grad_input have different batch sizes")
+            if req.p0 is not None:
+                raise PayloadError("a first-layer request in the dual form carries no deferred dz")
+            if (
+                req.dz.ndim != 2
+                or req.grad_input.ndim != 2
+                or req.dz.shape != (req.hi - req.lo, req.grad_input.shape[1])
+                or req.grad_input.shape[0] != req.w.shape[1]
+            ):
+                raise PayloadError(
+                    f"a deferred dz {req.dz.shape} and its grad_input {req.grad_input.shape} "
+                    f"do not fit rows {req.lo}:{req.hi} of weights {req.w.shape}"
+                )
         if req.p0 is not None and (req.phase != "forward" or req.layer != 1):
             raise PayloadError("only a first-layer forward request can be in the dual form (p0)")
         return req

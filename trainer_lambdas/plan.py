@@ -29,9 +29,8 @@ class Block:
 def max_rows(n_prev: int, m: int) -> int:
     """Most rows one block may carry: its weights or dW (rows x n_prev) and its rows of A
     and dZ (rows x m), with room to spare. (Not counted: the layer's inputs, which every
-    block of a layer gets whole, twice for a hidden layer (this step's and the last's):
-    2 x n_prev x m values, under the limit while n_prev x m stays under about 180,000,
-    e.g. layers up to about 850 wide after the first at 209 examples.)"""
+    block of a layer gets whole, twice for a hidden layer: `check_inputs` refuses, at
+    launch, a network whose inputs alone would not fit.)"""
     per_row = 8 * HEX * (n_prev + 3 * m + 1)
     return max(1, int(ARRAY_BUDGET // per_row))
 
@@ -58,6 +57,24 @@ def plan(
         layers.append([Block(layer, lo, min(lo + k, n)) for lo in range(0, n, k)])
         n_prev = n
     return layers
+
+
+def check_inputs(neurons: tuple[int, ...], m: int, kind: str) -> None:
+    """Raise ValueError when a fanned-out layer's requests cannot fit Lambda's payload
+    limit whatever their blocks: a layer after the first gets its input whole, and a hidden
+    one also the input of the step before (its deferred update), m values per input row."""
+    last = len(neurons) - 1
+    for i in range(1, len(neurons)):
+        if kind == "hybrid":  # only layer 1 fans out
+            break
+        copies = 1 if i == last else 2
+        size = copies * neurons[i - 1] * m * 8 * HEX
+        if size > ARRAY_BUDGET:
+            raise ValueError(
+                f"layer {i + 1}'s requests would carry {size / 2**20:.1f} MB of inputs "
+                f"({copies} x {neurons[i - 1]} x {m} values), over what one Lambda request "
+                f"holds: use fewer neurons in layer {i} or the 'hybrid' plan"
+            )
 
 
 def backward_blocks(p: list[list[Block]], dual: bool) -> list[list[Block]]:

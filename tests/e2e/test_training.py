@@ -84,10 +84,11 @@ def test_aws_cli_upload_trains_minibatch_blocks_equal_to_the_reference(
     run = stack.wait(run_id)
     assert run.status == SUCCEEDED, run.get("error")
     assert_equals_reference(stack, run_id, params)
-    # 3 batches x 4 epochs x (2 + 1 + 1 blocks forward, 1 backward: with 40 examples and
-    # 192 inputs the first layer is in the dual form, its backward pass the trainer's, and
-    # the output block does its backward pass in its forward invocation)
-    assert run.invocations == 3 * 4 * (4 + 1)
+    # 3 batches x 4 epochs x 2 + 1 + 1 blocks forward (with 40 examples and 192 inputs the
+    # first layer is in the dual form, its backward pass the trainer's; the output block does
+    # its backward pass in its forward invocation, layer 2's block in its next one), and
+    # layer 2's block once more before each of the 6 commits (every 2 steps)
+    assert run.invocations == 3 * 4 * 4 + 6
 
 
 def s3_event(bucket: str, key: str, version: str, size: int) -> dict:
@@ -171,8 +172,8 @@ def test_a_neuron_delivered_twice_changes_nothing(stack: Stack) -> None:
     ]
     assert replies[0] == replies[1]
     x, _ = DATA.require_train().columns()
-    z = unpack(json.loads(replies[0])["z"], "z")
-    np.testing.assert_allclose(z, w @ x, rtol=1e-12)
+    a = unpack(json.loads(replies[0])["a"], "a")
+    np.testing.assert_allclose(a, np.maximum(w @ x, 0), rtol=1e-12)
     assert stack.runs().get(run_id).item == before
 
 

@@ -240,8 +240,20 @@ def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None
             "first_layer 'dual' needs a 5800 x 5800 Gram matrix",
         ),
         ({**PARAMS, "first_layer": "kernel"}, None, "'first_layer' must be one of auto"),
+        (
+            {**PARAMS, "neurons": {"layer1": 3500, "layer2": 3, "layer3": 1}},
+            None,
+            "layer 2's requests would carry 4.3 MB of inputs (2 x 3500 x 40 values)",
+        ),
     ],
-    ids=["negative-learning-rate", "bad-json", "broken-dataset", "gram-too-big", "bad-form"],
+    ids=[
+        "negative-learning-rate",
+        "bad-json",
+        "broken-dataset",
+        "gram-too-big",
+        "bad-form",
+        "inputs-over-payload-limit",
+    ],
 )
 def test_bad_input_fails_the_run_with_the_reason(
     world: World, params: object, body: bytes | None, reason: str

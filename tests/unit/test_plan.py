@@ -1,5 +1,7 @@
 """The fan-out plan (pure) and the scatter-gather step against the vectorised network."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -143,9 +145,11 @@ def test_payloads_round_trip_exactly() -> None:
     assert np.array_equal(again.w, a) and again.indices == [3, 1] and again.a_prev is None
     assert again.dz is not None and np.array_equal(again.dz, a)
     lr = 0.1 + 1e-17  # a float that must survive JSON exactly
-    fwd = NeuronRequest("r", "k", "forward", 2, 0, 3, "relu", a, a[:, :1], a, None, a, a, lr)
+    x = rng.normal(size=(4, 5))  # the layer's input: 4 rows, 5 examples
+    dz = rng.normal(size=(3, 5))
+    fwd = NeuronRequest("r", "k", "forward", 2, 0, 3, "relu", a, a[:, :1], x, None, dz, x, lr)
     again = NeuronRequest.from_event(json.loads(fwd.to_json()))
-    assert again.learning_rate == lr and np.array_equal(again.grad_input, a)  # type: ignore[arg-type]
+    assert again.learning_rate == lr and np.array_equal(again.grad_input, x)  # type: ignore[arg-type]
     resp = NeuronResponse(dw=a, db=a[:, :1])
     back = NeuronResponse.from_json(json.dumps(resp.to_dict()).encode())
     assert back.dw is not None and np.array_equal(back.dw, a) and back.a is None
@@ -186,3 +190,28 @@ def test_a_layers_shared_input_is_encoded_once_and_identically() -> None:
     back = [NeuronRequest.from_event(json.loads(p)) for p in shared]
     assert all(np.array_equal(b.a_prev, a) for b in back)  # type: ignore[arg-type]
     assert [b.w.tolist() for b in back] == [a[i : i + 1].tolist() for i in range(3)]
+
+
+def test_a_network_whose_layer_inputs_cannot_fit_a_request_is_refused() -> None:
+    from trainer_lambdas.plan import check_inputs
+
+    check_inputs((20, 7, 5, 1), 209, "fanout")  # the cat network: 2 x 20 x 209 values
+    with pytest.raises(ValueError, match=r"layer 2's requests would carry 5\.7 MB"):
+        check_inputs((900, 7, 1), 209, "fanout")  # a hidden layer 2 gets two 900 x 209 inputs
+    check_inputs((900, 1), 209, "fanout")  # the output layer gets only one: 2.9 MB
+    check_inputs((900, 7, 1), 209, "hybrid")  # only layer 1 fans out
+
+
+def test_a_deferred_update_that_does_not_fit_its_rows_is_refused() -> None:
+    import json
+
+    from trainer_lambdas.payloads import PayloadError
+
+    a = rng.normal(size=(5, 9))
+    ok = NeuronRequest("r", "k", "forward", 2, 0, 2, "relu", a[:2, :5], a[:2, :1], a, None)
+    for dz, grad_input in ((a[:1], a), (a[:2], a[:4]), (a[:2, :3], a)):
+        bad = dataclasses.replace(ok, dz=dz, grad_input=grad_input, learning_rate=0.1)
+        with pytest.raises(PayloadError, match="do not fit rows 0:2"):
+            NeuronRequest.from_event(json.loads(bad.to_json()))
+    good = dataclasses.replace(ok, dz=a[:2], grad_input=a, learning_rate=0.1)
+    assert NeuronRequest.from_event(json.loads(good.to_json())).dz is not None
