@@ -288,17 +288,20 @@ def embedded_stack(workers: int = 4) -> Iterator[Any]:
 # ---------------------------------------------------------------------- the benchmark
 
 
-def _network_blocks(n_x: int, p: Any, m: int, in_dual: bool) -> tuple[list[int], list[int], int]:
-    """Blocks per layer invoked forward and backward in every step, and blocks invoked
-    before each commit (`fanout.settle`), for a run whose first layer is (`in_dual`) or is
-    not in the dual form."""
-    from trainer_lambdas.plan import backward_blocks, deferred_blocks, for_params
+def _network_blocks(
+    n_x: int, p: Any, m: int, in_dual: bool
+) -> tuple[list[int], list[int], int, int]:
+    """Blocks per layer invoked forward and backward in every step, and the invocations
+    per step and per commit (`fanout.settle`), for a run whose first layer is (`in_dual`) or
+    is not in the dual form."""
+    from trainer_lambdas import plan
 
-    blocks = for_params(n_x, p.neurons, p.fanout, m, p.plan)
+    blocks = plan.for_params(n_x, p.neurons, p.fanout, m, p.plan)
     return (
         [len(layer) for layer in blocks],
-        [len(layer) for layer in backward_blocks(blocks, in_dual)],
-        sum(len(layer) for layer in deferred_blocks(blocks)),
+        [len(layer) for layer in plan.backward_blocks(blocks, in_dual)],
+        plan.invocations_per_step(blocks, in_dual),
+        plan.invocations_per_commit(blocks),
     )
 
 
@@ -346,11 +349,11 @@ def bench(
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
             in_dual = r["first_layer"] == "dual"  # as the launcher decided for the run
-            blocks, backward, settled = _network_blocks(
+            blocks, backward, per_step, settled = _network_blocks(
                 int(x.shape[0]), p, int(x.shape[1]), in_dual
             )
             # A full batch: a step is an epoch; a commit every `commit_every` of them.
-            planned = sum(blocks) + sum(backward) + settled / p.commit_every
+            planned = per_step + settled / p.commit_every
             r["ratio"] = r["epoch_s"] / ref
             r["max_rel_cost_diff"] = max_relative_difference(r.pop("costs"), ref_costs)
             r["blocks_per_layer"] = blocks

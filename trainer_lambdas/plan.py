@@ -63,10 +63,10 @@ def check_inputs(neurons: tuple[int, ...], m: int, kind: str) -> None:
     """Raise ValueError when a fanned-out layer's requests cannot fit Lambda's payload
     limit whatever their blocks: a layer after the first gets its input whole, and a hidden
     one also the input of the step before (its deferred update), m values per input row."""
+    if kind == "hybrid":  # only layer 1 fans out, and its inputs live with the neurons
+        return
     last = len(neurons) - 1
     for i in range(1, len(neurons)):
-        if kind == "hybrid":  # only layer 1 fans out
-            break
         copies = 1 if i == last else 2
         size = copies * neurons[i - 1] * m * 8 * HEX
         if size > ARRAY_BUDGET:
