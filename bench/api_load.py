@@ -43,7 +43,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embedded.runtime import RuntimeConfig  # noqa: E402
+from embedded.invocations import RuntimeConfig  # noqa: E402
 from embedded.stack import start, stop  # noqa: E402
 from state.models import ModelStore  # noqa: E402
 from trainer_lambdas import datasets  # noqa: E402

@@ -1,37 +1,34 @@
-"""Create a SAM template in the emulator the way `sam deploy` would create it on AWS.
+"""Create a SAM template in the emulator the way a deploy creates it on AWS.
 
-Three steps, as on AWS: package (zip each local `CodeUri`/`ContentUri` and upload it to
-a deployment bucket, as `aws cloudformation package` does), translate (aws-sam-translator
-turns the SAM template into plain CloudFormation, as the Serverless transform does), and
-create the stack through the emulator's CloudFormation API. Resources and properties moto's
-CloudFormation skips are then applied by `embedded.gaps`, so that the local resources are
-the template's resources.
+Three steps, as on AWS: package (the real `aws cloudformation package`, pointed at the
+emulator, zips each local `CodeUri`/`ContentUri` and uploads it to a deployment bucket in the
+emulator's S3, exactly as `itsacat deploy` does on AWS), translate (aws-sam-translator turns
+the SAM template into plain CloudFormation, as the Serverless transform does), and create the
+stack through the emulator's CloudFormation API. Resources and properties moto's
+CloudFormation skips are then applied by `embedded.gaps`, so that the local resources are the
+template's resources. Where each function's code package and layers landed in S3 is recorded,
+and the local runtime runs exactly those.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import io
 import json
+import os
+import subprocess
+import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedded import gaps
+from itsacat.deploy.plan import package_argv
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 DEPLOYMENT_BUCKET = "itsacat-deployment"
-
-# Where a local path is a packaged artifact, per resource type (as `cloudformation package`).
-_ARTIFACT_PROPERTIES = {
-    "AWS::Serverless::Function": "CodeUri",
-    "AWS::Serverless::LayerVersion": "ContentUri",
-}
 
 
 class DeployError(Exception):
@@ -47,8 +44,10 @@ class DeployedStack:
     outputs: dict[str, str]
     # logical id -> {"type": ..., "physical_id": ...}
     resources: dict[str, dict[str, str]]
-    # function name -> local code directories (the function's CodeUri, when it exists)
-    code_dirs: dict[str, list[str]] = field(default_factory=dict)
+    # function name -> {"bucket": ..., "key": ...}: its deployed code package
+    code: dict[str, dict[str, str]] = field(default_factory=dict)
+    # function name -> its layers' deployed content, in order
+    layers: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     # resources moto's CloudFormation skipped and nobody applied (should stay empty)
     not_emulated: list[str] = field(default_factory=list)
     # function name -> its LoggingConfig (moto does not keep it; the runtime applies it)
@@ -60,7 +59,8 @@ class DeployedStack:
             "template_path": self.template_path,
             "outputs": self.outputs,
             "resources": self.resources,
-            "code_dirs": self.code_dirs,
+            "code": self.code,
+            "layers": self.layers,
             "not_emulated": self.not_emulated,
             "logging": self.logging,
         }
@@ -83,71 +83,51 @@ def load_template(path: Path) -> dict[str, Any]:
     return parsed
 
 
-def zip_directory(directory: Path) -> bytes:
-    """A deterministic zip of a directory (sorted, fixed timestamps, no caches)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        if directory.is_dir():
-            for path in sorted(directory.rglob("*")):
-                if path.is_dir() or "__pycache__" in path.parts or path.suffix == ".pyc":
-                    continue
-                info = zipfile.ZipInfo(str(path.relative_to(directory)), (1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
-        else:
-            # Not built yet (e.g. the layer, built by `make layer`): the local runtime does not
-            # run the uploaded code, so a placeholder keeps the stack deployable.
-            info = zipfile.ZipInfo("NOT_BUILT.txt", (1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, f"{directory} was not built when this stack was created.\n")
-    return buffer.getvalue()
+def aws_cli_package(template_path: Path, out: Path, emulator_url: str, prefix: str) -> Path:
+    """Run the real `aws cloudformation package` against the emulator; the packaged template."""
+    argv = list(package_argv(template_path, out, DEPLOYMENT_BUCKET, prefix, REGION))
+    aws = Path(sys.executable).with_name("aws")
+    argv[0] = str(aws) if aws.exists() else "aws"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=emulator_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise DeployError(f"aws cloudformation package {template_path.name}: {reason[0]}")
+    return out
 
 
-def package(template: dict[str, Any], template_dir: Path, s3: Any) -> dict[str, Any]:
-    """Upload each local artifact and point the template at it; returns a new template."""
-    packaged = copy.deepcopy(template)
-    uploaded: dict[Path, dict[str, str]] = {}
-
-    def upload(uri: Any) -> Any:
-        if not isinstance(uri, str) or uri.startswith("s3://"):
-            return uri
-        directory = (template_dir / uri).resolve()
-        if directory not in uploaded:
-            body = zip_directory(directory)
-            key = f"{hashlib.md5(body).hexdigest()}.zip"
-            s3.put_object(Bucket=DEPLOYMENT_BUCKET, Key=key, Body=body)
-            uploaded[directory] = {"Bucket": DEPLOYMENT_BUCKET, "Key": key}
-        return {**uploaded[directory]}
-
-    globals_function = packaged.get("Globals", {}).get("Function", {})
-    if "CodeUri" in globals_function:
-        globals_function["CodeUri"] = upload(globals_function["CodeUri"])
-    for resource in packaged["Resources"].values():
-        prop = _ARTIFACT_PROPERTIES.get(resource.get("Type", ""))
-        properties = resource.get("Properties", {})
-        if prop and prop in properties:
-            properties[prop] = upload(properties[prop])
-    return packaged
-
-
-def local_code_dirs(
-    template: dict[str, Any], template_dir: Path, parameters: dict[str, str], stack_name: str
-) -> dict[str, list[str]]:
-    """Function name -> its CodeUri directory, when that directory exists locally."""
-    default_uri = template.get("Globals", {}).get("Function", {}).get("CodeUri")
-    result: dict[str, list[str]] = {}
-    for logical_id, resource in template["Resources"].items():
-        if resource.get("Type") != "AWS::Serverless::Function":
+def deployed_code(
+    template: dict[str, Any], resources: dict[str, dict[str, str]]
+) -> tuple[dict[str, dict[str, str]], dict[str, list[dict[str, str]]]]:
+    """Function name -> its code's S3 location, and -> its layers' (from the translated
+    template: `Code` of each function, `Content` of each layer version it refers to)."""
+    code: dict[str, dict[str, str]] = {}
+    layers: dict[str, list[dict[str, str]]] = {}
+    body = template.get("Resources", {})
+    for logical_id, resource in body.items():
+        if resource.get("Type") != "AWS::Lambda::Function":
             continue
-        properties = resource.get("Properties", {})
-        uri = properties.get("CodeUri", default_uri)
-        name = gaps.resolve_static(
-            properties.get("FunctionName", logical_id), parameters, stack_name
-        )
-        dirs = []
-        if isinstance(uri, str) and (template_dir / uri).is_dir():
-            dirs.append(str((template_dir / uri).resolve()))
-        result[str(name)] = dirs
-    return result
+        name = resources.get(logical_id, {}).get("physical_id")
+        props = resource.get("Properties", {})
+        location = props.get("Code", {})
+        if not name or "S3Bucket" not in location:
+            continue
+        code[name] = {"bucket": location["S3Bucket"], "key": location["S3Key"]}
+        layers[name] = []
+        for ref in props.get("Layers", []):
+            target = body.get(ref.get("Ref", "")) if isinstance(ref, dict) else None
+            content = (target or {}).get("Properties", {}).get("Content", {})
+            if "S3Bucket" in content:
+                layers[name].append({"bucket": content["S3Bucket"], "key": content["S3Key"]})
+    return code, layers
 
 
 class _EmulatorPolicyLoader:
@@ -201,17 +181,18 @@ def create_stack(
     stack_name: str,
     template_path: Path,
     parameters: dict[str, str] | None = None,
+    work_dir: Path | None = None,
 ) -> DeployedStack:
-    """Package, translate and create `template_path` as `stack_name`; apply what moto skips."""
+    """Package, translate and create `template_path` as `stack_name`; apply what moto skips.
+
+    The packaged template is written into `work_dir` (default: beside the template)."""
     parameters = dict(parameters or {})
-    template = load_template(template_path)
-    template_dir = template_path.resolve().parent
     s3 = clients.client("s3")
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=DEPLOYMENT_BUCKET)
-    translated = translate(
-        package(template, template_dir, s3), parameters, stack_name, clients.client("iam")
-    )
+    out = (work_dir or template_path.resolve().parent) / f"{stack_name}.packaged.yaml"
+    packaged = aws_cli_package(template_path, out, clients.endpoint_url, stack_name)
+    translated = translate(load_template(packaged), parameters, stack_name, clients.client("iam"))
     cfn = clients.client("cloudformation")
     cfn.create_stack(
         StackName=stack_name,
@@ -230,12 +211,14 @@ def create_stack(
     }
     context = gaps.Context(stack_name, translated, parameters, resources)
     not_emulated = gaps.apply(clients, context)
+    code, layers = deployed_code(translated, resources)
     return DeployedStack(
         name=stack_name,
         template_path=str(template_path.resolve()),
         outputs={o["OutputKey"]: o["OutputValue"] for o in description.get("Outputs", [])},
         resources=resources,
-        code_dirs=local_code_dirs(template, template_dir, parameters, stack_name),
+        code=code,
+        layers=layers,
         not_emulated=not_emulated,
         logging=logging_configs(context),
     )

@@ -13,6 +13,11 @@ A few small patches bring moto closer to AWS where the stack depends on it:
 - moto never tries to run Lambda code itself (it would need Docker): the SQS event source
   mappings the template declares are executed by the embedded relay instead.
 
+Requests signed with credentials of an assumed role (the functions' execution roles) are
+authorised against the role's IAM policies on the real action and resource, as AWS does;
+everybody else is the account owner (see `embedded.authorization`). `POST /_itsacat/authorize`
+answers the same question for the local Lambda runtime's Invoke requests.
+
 For the benchmark, `RequestCounter` counts the requests that Lambda functions make (their
 botocore user agent carries `exec-env/AWS_Lambda_...`, as on AWS), by service and operation,
 with the bytes they move; `GET /_itsacat/requests` returns the counts. Requests from the
@@ -37,6 +42,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote_plus
+
+from embedded import authorization
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -112,6 +119,11 @@ class SerialisedApp:
             counts = json.dumps(self.counter.snapshot()).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [counts]
+        if (
+            environ.get("PATH_INFO") == authorization.AUTHORIZE_PATH
+            and environ.get("REQUEST_METHOD") == "POST"
+        ):
+            return self._authorize(environ, start_response)
         if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
             return self._receive_message(environ, start_response)
         form = None
@@ -123,6 +135,17 @@ class SerialisedApp:
         self.counter.add(environ, form, len(body))
         start_response(status, headers)
         return [body]
+
+    def _authorize(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        with self.lock:  # reads moto's IAM and STS state
+            status, answer = authorization.answer(raw)
+        start_response(
+            "200 OK" if status == 200 else "400 Bad Request",
+            [("Content-Type", "application/json")],
+        )
+        return [json.dumps(answer).encode()]
 
     def _call_locked(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: dict[str, Any] = {}
@@ -181,6 +204,7 @@ def patch_moto() -> None:
     import moto.s3.notifications as s3_notifications
     import moto.sqs.models as sqs_models
 
+    authorization.install()
     if getattr(s3_notifications, "_itsacat_patched", False):
         return
     original_event = s3_notifications._get_s3_event

@@ -26,7 +26,10 @@ class FunctionSpec:
     timeout_s: int
     memory_mb: int
     environment: dict[str, str]
-    code_dirs: tuple[str, ...] = ()
+    role: str = ""
+    # where the deployed code package and the layers are, in the emulator's S3
+    code: dict[str, str] | None = None
+    layers: tuple[dict[str, str], ...] = ()
     max_retry_attempts: int = 2
     on_failure: str | None = None
     on_success: str | None = None
@@ -47,7 +50,9 @@ class FunctionSpec:
             "timeout_s": self.timeout_s,
             "memory_mb": self.memory_mb,
             "environment": self.environment,
-            "code_dirs": list(self.code_dirs),
+            "role": self.role,
+            "code": self.code,
+            "layers": list(self.layers),
             "max_retry_attempts": self.max_retry_attempts,
             "on_failure": self.on_failure,
             "on_success": self.on_success,
@@ -57,7 +62,7 @@ class FunctionSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FunctionSpec:
-        return cls(**{**data, "code_dirs": tuple(data.get("code_dirs", ()))})
+        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,9 @@ def load_topology(clients: Any, stacks: list[DeployedStack]) -> Topology:
                 environment={
                     k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()
                 },
-                code_dirs=tuple(stack.code_dirs.get(name, ())),
+                role=config.get("Role", ""),
+                code=stack.code.get(name),
+                layers=tuple(stack.layers.get(name, ())),
                 log_format=stack.logging.get(name, {}).get("LogFormat", "Text"),
                 system_log_level=stack.logging.get(name, {}).get("SystemLogLevel", "INFO"),
                 **_invoke_config(lam, name),

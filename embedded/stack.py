@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedded import lambda_files
 from embedded.deploy import DeployedStack, DeployError, create_stack
 from embedded.gaps import Clients
-from embedded.runtime import RuntimeConfig
+from embedded.invocations import RuntimeConfig
+from itsacat.deploy.package import PackageError, stage_template
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = PROJECT_ROOT / "templates" / "template.yaml"
@@ -110,6 +112,11 @@ class StackInfo:
         with urllib.request.urlopen(f"{self.lambda_url}/itsacat/stats", timeout=timeout_s) as r:
             data: dict[str, Any] = json.load(r)
             return data
+
+
+def local_arch() -> str:
+    """This machine's architecture, as Lambda names it."""
+    return {"aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine, "x86_64")
 
 
 def default_home() -> Path:
@@ -231,10 +238,26 @@ def start(
             emulator_url = f"http://127.0.0.1:{emulator_port}"
             clients = Clients(emulator_url)
             stacks: list[DeployedStack] = []
-            for name, path in [(stack_name, template), *extra_templates]:
+            # The main template is staged as `itsacat deploy` stages it (the functions' code
+            # and the layer beside it), then every template is packaged by the AWS CLI.
+            build = home / "build"
+            staged = stage_template(
+                Path(template),
+                build / stack_name / "template.json",
+                lambda_files.local_layer_zip(),
+                local_arch(),
+            )
+            lambda_files.runtime_packages()  # built now, so that a failure shows here
+            for name, path in [(stack_name, staged), *extra_templates]:
+                work = build / name
+                work.mkdir(parents=True, exist_ok=True)
                 stacks.append(
                     create_stack(
-                        clients, name, Path(path), parameters if name == stack_name else None
+                        clients,
+                        name,
+                        Path(path),
+                        parameters if name == stack_name else None,
+                        work_dir=work,
                     )
                 )
             (home / "runtime.json").write_text(
@@ -253,7 +276,7 @@ def start(
             runtime_port = _wait_ready(
                 runtime, home / "runtime.ready", logs / "runtime.log", "runtime"
             )
-        except (StackError, DeployError, OSError) as e:
+        except (StackError, DeployError, OSError, lambda_files.BuildError, PackageError) as e:
             _kill(started)
             raise StackError(str(e)) from e
         except BaseException:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from embedded.runtime import RuntimeConfig
+from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
 
 # Quick retries, and schedules well apart so they do not interfere with tests.

@@ -2,47 +2,42 @@
 
 Lambda keeps an execution environment warm between invocations: the handler module is
 imported once, and module-level state (clients, cached training data) survives. A worker
-here is that environment: a child process (`embedded.bootstrap`) that imports the handler
-once and then serves one invocation at a time over a pipe. A pool grows on demand up to its
-size, hands out the most recently used idle worker first (its caches are hottest), and
-replaces a worker that timed out or died. A worker whose pipe closes exits on its own, so
-none outlives the runtime.
+here is that environment: a process running AWS's runtime interface client
+(`python -S -m awslambdaric HANDLER`) against its own Runtime API (`embedded.runtime_api`),
+with what Lambda gives a function and nothing else: its code package as the task root, its
+layers, the runtime's own packages (`embedded.lambda_files`), the function's environment and
+its execution role's credentials. `-S` keeps the project's virtualenv off `sys.path`, so a
+package missing from the code or the layers fails to import as it would on AWS.
+
+A pool grows on demand up to its size, hands out the most recently used idle worker first
+(its caches are hottest), and replaces a worker that timed out or died.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import pickle
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from embedded.functions import FunctionSpec
 from embedded.logsink import LogSink, stream_name
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
+from embedded.runtime_api import Invocation, RuntimeAPI
 
 # Lambda gives a function's init (imports, module-level setup) its own limit of 10 s; the
 # invocation's timeout starts after it.
 INIT_TIMEOUT_S = 10.0
-# A pipe this large carries a layer's neuron request in one write and one read (a pipe's
-# size counts against the user's pipe budget, 64 MB by default: 256 KB leaves room).
-PIPE_BYTES = 1 << 18
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
 class WorkerTimedOut(Exception):
-    """The handler ran past the function's timeout; the worker was killed."""
+    """The handler ran past the function's timeout (or init past its limit); it was killed."""
 
 
 class WorkerDied(Exception):
@@ -54,228 +49,282 @@ class WorkerDied(Exception):
 
 
 @dataclass(frozen=True)
+class Filesystem:
+    """What a function's environment holds: Lambda's /var/task, /opt and /var/runtime."""
+
+    task_root: str
+    layer_roots: tuple[str, ...]
+    runtime_root: str
+
+    def python_path(self) -> list[str]:
+        """sys.path as Lambda's Python runtime orders it: code, layers, then the runtime's."""
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        paths = [self.task_root]
+        for root in self.layer_roots:
+            paths += [f"{root}/python/lib/{version}/site-packages", f"{root}/python"]
+        return [*paths, self.runtime_root]
+
+
+@dataclass(frozen=True)
 class WorkerResult:
     ok: bool
     payload: bytes
     duration_ms: float
+    max_memory_mb: int
+
+
+Credentials = Callable[[FunctionSpec], dict[str, str]]
 
 
 def worker_environment(
-    spec: FunctionSpec, stream: str, endpoints: dict[str, str]
+    spec: FunctionSpec,
+    files: Filesystem,
+    stream: str,
+    endpoints: dict[str, str],
+    credentials: dict[str, str],
+    runtime_api: str,
 ) -> dict[str, str]:
     """The environment of a worker: the function's own variables and what Lambda adds."""
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *spec.code_dirs]),
-        "LAMBDA_TASK_ROOT": spec.code_dirs[0] if spec.code_dirs else str(PROJECT_ROOT),
+        "PYTHONPATH": os.pathsep.join(files.python_path()),
+        "LAMBDA_TASK_ROOT": files.task_root,
+        "LAMBDA_RUNTIME_DIR": files.runtime_root,
+        "AWS_LAMBDA_RUNTIME_API": runtime_api,
         "_HANDLER": spec.handler,
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
         "AWS_LAMBDA_FUNCTION_NAME": spec.name,
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
         "AWS_LAMBDA_LOG_GROUP_NAME": spec.log_group,
         "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **credentials,
         **endpoints,
     }
-    # One BLAS thread per worker unless the runtime's environment says otherwise: a Lambda
-    # environment has about one vCPU, and several workers each spinning up OpenBLAS threads
-    # on a small machine oversubscribe it (measured: a 4-row block's product took 20 ms with
-    # one thread and 300-450 ms with two, four workers at once on two cores).
+    # One BLAS thread per worker: a Lambda environment of this size has about one vCPU per
+    # 1,769 MB, and several workers each spinning up OpenBLAS threads on a small machine
+    # oversubscribe it (measured: a 4-row block's product took 20 ms with one thread and
+    # 300-450 ms with two, four workers at once on two cores).
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = os.environ.get(name, "1")
     if spec.log_format == "JSON":
         env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
-    env["_ITSACAT_SYSTEM_LOG_LEVEL"] = spec.system_log_level  # read by embedded.bootstrap
     env.update(spec.environment)
     return env
 
 
 class Worker:
-    """One warm worker process and the pipes to it."""
+    """One warm worker process, its Runtime API, and the pipe of its output."""
 
-    def __init__(self, spec: FunctionSpec, endpoints: dict[str, str], sink: LogSink) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        files: Filesystem,
+        endpoints: dict[str, str],
+        credentials: dict[str, str],
+        sink: LogSink,
+    ) -> None:
         self.spec = spec
+        self.sink = sink
         self.stream = stream_name()
-        request_read, request_write = os.pipe()
-        response_read, response_write = os.pipe()
+        self.api = RuntimeAPI(spec.name)
+        self.platform_lines = _LOG_LEVELS.get(spec.system_log_level, 20) <= 20
         try:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "embedded.bootstrap",
-                    str(request_read),
-                    str(response_write),
-                ],
-                pass_fds=(request_read, response_write),
-                env=worker_environment(spec, self.stream, endpoints),
-                # The source tree, not the CodeUri directory: `python -m` puts the working
-                # directory first on sys.path, and a stale build/functions copy of the
-                # handlers there would shadow the source the embedded stack must run.
-                cwd=str(PROJECT_ROOT),
+                [sys.executable, "-S", "-m", "awslambdaric", spec.handler],
+                env=worker_environment(
+                    spec, files, self.stream, endpoints, credentials, self.api.address
+                ),
+                cwd=files.task_root,  # Lambda's working directory is the task root
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
         except BaseException:
-            for fd in (request_read, request_write, response_read, response_write):
-                os.close(fd)
+            self.api.close()
             raise
-        os.close(request_read)
-        os.close(response_write)
-        for fd in (request_write, response_read):
-            # (not Linux, or over /proc/sys/fs/pipe-max-size: the frames take more calls)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
-        self._requests = request_write
-        self._responses = response_read
-        self._closed = False
-        self._initialised = False
-        self._poller: select.poll | None = None
-        self._reader = threading.Thread(
-            target=self._forward_output, args=(sink,), name=f"log-{spec.name}", daemon=True
-        )
-        self._reader.start()
-
-    def _forward_output(self, sink: LogSink) -> None:
-        """Each line the worker prints becomes a log event (read in chunks: one wake-up
-        forwards all the lines of an invocation that arrived together)."""
         assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        pending = b""
+        self._out = self.process.stdout.fileno()
+        os.set_blocking(self._out, False)
+        self._out_lock = threading.Lock()
+        self._pending_line = b""
+        self._initialised = False
+        self._exit_status: str | None = None
+        self._exited = threading.Event()
+        threading.Thread(target=self._forward_output, name=f"log-{spec.name}", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"wait-{spec.name}", daemon=True).start()
+
+    # ------------------------------------------------------------------ output and exit
+
+    def _forward_output(self) -> None:
+        """Each line the worker prints becomes a log event, as Lambda ships stdout."""
+        poller = select.poll()
+        poller.register(self._out, select.POLLIN)
         while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
+            poller.poll()
+            if not self.drain():
+                return
+
+    def drain(self) -> bool:
+        """Forward what the worker has written so far; False once its output is closed."""
+        with self._out_lock:
+            chunks = []
+            open_ = True
+            while True:
+                try:
+                    chunk = os.read(self._out, 1 << 16)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    open_ = False
+                    break
+                chunks.append(chunk)
+            data = self._pending_line + b"".join(chunks)
+            *lines, self._pending_line = data.split(b"\n")
+            if not open_ and self._pending_line:
+                lines.append(self._pending_line)
+                self._pending_line = b""
             if lines:
-                sink.emit_lines(
+                self.sink.emit_lines(
                     self.spec.log_group,
                     self.stream,
                     [line.decode(errors="replace") for line in lines],
                 )
-        if pending:
-            sink.emit(self.spec.log_group, self.stream, pending.decode(errors="replace"))
+            return open_
 
-    def call(self, request: dict[str, Any], timeout_s: float) -> WorkerResult:
-        """Run one invocation; raises WorkerTimedOut or WorkerDied."""
-        try:
-            if not self._initialised:
-                began = time.monotonic()
-                if not self._ready(INIT_TIMEOUT_S):
-                    self.kill()
-                    raise WorkerTimedOut()
-                self._receive()  # the bootstrap's "ready"
-                self._initialised = True
-                init_ms = int((time.monotonic() - began) * 1000)
-                request = {**request, "deadline_ms": request["deadline_ms"] + init_ms}
-            self._send(request)
-            if not self._ready(max(timeout_s, 0.0)):
-                self.kill()
-                raise WorkerTimedOut()
-            response = self._receive()
-        except (EOFError, OSError):
-            raise WorkerDied(self._exit_status()) from None
-        return WorkerResult(response["ok"], response["payload"], response["duration_ms"])
-
-    # The frames are those of multiprocessing.connection.Connection (a 4-byte big-endian
-    # length, or -1 and an 8-byte one, then a pickle), which the bootstrap uses; here each is
-    # written with one write(2) and read with as few read(2) as it takes. Every call that
-    # blocks lets another of the runtime's threads take the interpreter, so fewer of them
-    # mean fewer thread switches per invocation.
-
-    def _send(self, obj: Any) -> None:
-        data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-        n = len(data)
-        head = struct.pack("!i", n) if n < 0x7FFFFFFF else struct.pack("!iQ", -1, n)
-        view = memoryview(head + data)
-        while view:
-            view = view[os.write(self._requests, view) :]
-
-    def _receive(self) -> Any:
-        buf = self._read(PIPE_BYTES)
-        while len(buf) < 4:
-            buf += self._read(PIPE_BYTES)
-        (n,) = struct.unpack("!i", buf[:4])
-        start = 4
-        if n == -1:
-            while len(buf) < 12:
-                buf += self._read(PIPE_BYTES)
-            (n,) = struct.unpack("!Q", buf[4:12])
-            start = 12
-        parts = [buf]
-        have = len(buf) - start
-        while have < n:
-            chunk = self._read(max(PIPE_BYTES, n - have))
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts) if len(parts) > 1 else buf
-        return pickle.loads(memoryview(data)[start : start + n])
-
-    def _read(self, size: int) -> bytes:
-        chunk = os.read(self._responses, size)
-        if not chunk:
-            raise EOFError
-        return chunk
-
-    def _ready(self, timeout_s: float) -> bool:
-        """Whether a response (or EOF) arrives within `timeout_s`: one poll(2) on a poller
-        kept for the worker (Connection.poll builds a selector on every call)."""
-        if self._closed:
-            raise OSError("the worker's pipe is closed")
-        if self._poller is None:
-            self._poller = select.poll()
-            self._poller.register(self._responses, select.POLLIN)
-        events = self._poller.poll(int(timeout_s * 1000) + 1)
-        if any(flags & select.POLLNVAL for _, flags in events):
-            raise OSError("the worker's pipe is closed")
-        return bool(events)
-
-    def _exit_status(self) -> str:
-        try:
-            code = self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return "signal: killed"
+    def _watch(self) -> None:
+        code = self.process.wait()
         if code < 0:
-            return f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
-        return f"exit status {code}"
+            self._exit_status = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
+        else:
+            self._exit_status = f"exit status {code}"
+        self._exited.set()
+        current = self.api.current()
+        if current is not None:
+            current.finish("died", b"")
+        self.api.changed.set()
+        self.api.close()
+
+    # ------------------------------------------------------------------ invocations
+
+    def _init(self) -> float:
+        """Wait for the runtime client's first poll; the init's duration in ms."""
+        began = time.monotonic()
+        if not self.api.changed.wait(INIT_TIMEOUT_S):
+            self.kill()
+            raise WorkerTimedOut()
+        self._initialised = True
+        return (time.monotonic() - began) * 1000
+
+    def call(self, invocation: Invocation, timeout_s: float, fault: str | None) -> WorkerResult:
+        """Run one invocation; raises WorkerTimedOut or WorkerDied.
+
+        `fault` is an injected one: `crash_before` kills the worker before the handler runs,
+        `crash_after` once it has answered, `timeout` holds the event back until the deadline.
+        """
+        if not self._initialised:
+            init_ms = self._init()
+            invocation.deadline_ms += int(init_ms)
+        if self.api.init_error is not None or (
+            self._exited.is_set() and not self.api.polled.is_set()
+        ):
+            # The handler could not be loaded: the invocation fails with the init error, and,
+            # as on Lambda, the next one starts a fresh environment.
+            self._exited.wait(2)
+            self.drain()
+            if self.api.init_error is None:
+                raise WorkerDied(self._exit_status or "exit status 1")
+            return WorkerResult(False, self.api.init_error, 0.0, 0)
+        if fault == "crash_before":
+            self.kill()
+            raise WorkerDied(self._exit_status or "signal: killed")
+        if self.platform_lines:
+            self.sink.emit(
+                self.spec.log_group,
+                self.stream,
+                f"START RequestId: {invocation.request_id} Version: $LATEST",
+            )
+        started = time.monotonic()
+        if fault == "timeout":
+            time.sleep(max(timeout_s, 0.0))
+            self.kill()
+            raise WorkerTimedOut()
+        self.api.deliver(invocation)
+        if not invocation.done.wait(max(timeout_s, 0.0)):
+            self.kill()
+            raise WorkerTimedOut()
+        duration_ms = (time.monotonic() - started) * 1000
+        self.drain()  # the handler's output, before Lambda's END line
+        if invocation.outcome == "died" or fault == "crash_after":
+            if fault == "crash_after":
+                self.kill()
+            self._exited.wait(2)
+            raise WorkerDied(self._exit_status or "signal: killed")
+        memory_mb = self.max_memory_mb()
+        if self.platform_lines:
+            request_id = invocation.request_id
+            self.sink.emit_lines(
+                self.spec.log_group,
+                self.stream,
+                [
+                    f"END RequestId: {request_id}",
+                    f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+                    f"Billed Duration: {int(duration_ms) + 1} ms\t"
+                    f"Memory Size: {self.spec.memory_mb} MB\tMax Memory Used: {memory_mb} MB",
+                ],
+            )
+        return WorkerResult(
+            invocation.outcome == "response", invocation.body, duration_ms, memory_mb
+        )
+
+    def max_memory_mb(self) -> int:
+        """The process's peak resident memory (VmHWM), as Lambda's REPORT line gives it."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) // 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
 
     @property
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self._exited.is_set()
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        if self._closed:
-            return
-        self._closed = True
-        for fd in (self._requests, self._responses):
-            os.close(fd)
-        self._reader.join(timeout=1)  # lets the last lines reach the sink
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        self._exited.wait(5)
+        self.api.close()
+        self.drain()  # its last lines reach the sink
 
 
 class WorkerPool:
     """Up to `size` warm workers of one function."""
 
     def __init__(
-        self, spec: FunctionSpec, size: int, endpoints: dict[str, str], sink: LogSink
+        self,
+        spec: FunctionSpec,
+        files: Filesystem,
+        size: int,
+        endpoints: dict[str, str],
+        credentials: Credentials,
+        sink: LogSink,
     ) -> None:
         self.spec = spec
+        self.files = files
         self.size = max(1, size)
         self.endpoints = endpoints
+        self.credentials = credentials
         self.sink = sink
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
@@ -299,7 +348,7 @@ class WorkerPool:
                     worker = self._idle.pop()
                     if worker.alive:
                         return worker
-                    self._count -= 1  # it exited while idle: let its pipes go
+                    self._count -= 1  # it exited while idle
                     self._all.discard(worker)
                     worker.kill()
                 if self._count < self.size:
@@ -310,7 +359,9 @@ class WorkerPool:
                     return None
                 self._cond.wait(remaining)
         try:
-            worker = Worker(self.spec, self.endpoints, self.sink)
+            worker = Worker(
+                self.spec, self.files, self.endpoints, self.credentials(self.spec), self.sink
+            )
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -322,10 +373,9 @@ class WorkerPool:
         return worker
 
     def release(self, worker: Worker, healthy: bool = True) -> None:
-        """Give a worker back; `healthy`: it has just answered (a dead idle worker is found
-        out by `acquire`)."""
+        """Give a worker back; `healthy`: it has just answered and may serve again."""
         with self._cond:
-            if healthy and not self._closed:
+            if healthy and not self._closed and worker.alive:
                 self._idle.append(worker)
             else:
                 self._count -= 1

@@ -273,7 +273,7 @@ def _zero() -> Snapshot:
 def embedded_stack(workers: int = 4) -> Iterator[Any]:
     """A fresh embedded stack in a temporary home, stopped (and removed) at the end."""
     from embedded import stack
-    from embedded.runtime import RuntimeConfig
+    from embedded.invocations import RuntimeConfig
     from itsacat import target
 
     with tempfile.TemporaryDirectory(prefix="itsacat-bench-") as home:

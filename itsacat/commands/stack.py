@@ -61,6 +61,14 @@ def register(sub: Any) -> None:
         help="a template parameter, e.g. TrainerTimeout=30, NeuronTimeout=2, LeaseSeconds=10 "
         "(repeatable)",
     )
+    up.add_argument(
+        "--template",
+        type=Path,
+        metavar="PATH",
+        help="run the stack from this template instead of templates/template.yaml (to try a "
+        "change locally: its functions get the project's code and layer, as `itsacat deploy` "
+        "would give them)",
+    )
     up.add_argument("--home", type=Path, help=_HOME_HELP)
     up.set_defaults(func=cmd_up)
 
@@ -95,7 +103,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from embedded.runtime import RuntimeConfig
+    from embedded.invocations import RuntimeConfig
     from embedded.stack import AlreadyRunning, StackError, start
 
     if args.workers < 1:
@@ -131,6 +139,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
     except StackError as e:
         raise UserError(str(e)) from e
+    template = {"template": args.template.resolve()} if args.template else {}
+    if args.template and not args.template.is_file():
+        raise UserError(f"--template {args.template}: no such file")
     try:
         info = start(
             args.home,
@@ -138,6 +149,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             lambda_port=args.lambda_port,
             config=config,
             parameters=parameters or None,
+            **template,
         )
     except AlreadyRunning as e:
         print(f"itsacat: {e}; `itsacat status` shows it, `itsacat down` stops it")

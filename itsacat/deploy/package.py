@@ -94,7 +94,9 @@ def final_template(
     """The project's template pointed at the built code, for one architecture."""
     t = copy.deepcopy(source)
     function_globals = t.setdefault("Globals", {}).setdefault("Function", {})
-    function_globals["CodeUri"] = functions_uri
+    # `aws cloudformation package` uploads only the CodeUri a function itself names: it does
+    # not read Globals, and zips the template's own folder for a function that has none.
+    function_globals.pop("CodeUri", None)
     function_globals["Architectures"] = [arch]
     function_globals["Runtime"] = layer_mod.RUNTIME
     for resource in t["Resources"].values():
@@ -104,9 +106,24 @@ def final_template(
             props["CompatibleArchitectures"] = [arch]
             props["CompatibleRuntimes"] = [layer_mod.RUNTIME]
         elif resource.get("Type") == "AWS::Serverless::Function":
-            props.pop("CodeUri", None)
+            props["CodeUri"] = functions_uri
             props.pop("Architectures", None)
     return t
+
+
+def stage_template(source: Path, dest: Path, layer: Path, arch: str, root: Path = ROOT) -> Path:
+    """Stage the functions' code beside `dest` (`functions/`) and write `dest`: the template
+    at `source` pointed at that code and at `layer` (a folder or a zip), for `arch`.
+
+    What `aws cloudformation package` then uploads, for `itsacat deploy` and `itsacat up` alike.
+    """
+    out = dest.parent
+    functions = package_functions(root, out / "functions")
+    template = final_template(
+        load_template(source), os.path.relpath(functions, out), os.path.relpath(layer, out), arch
+    )
+    _write_json(dest, template)
+    return dest
 
 
 def stage_api(root: Path, dest: Path) -> Path:
@@ -230,14 +247,8 @@ def build(s: Settings, layer_from: Path | None = None, root: Path = ROOT) -> Bui
             )
         except layer_mod.LayerError as e:
             raise PackageError(str(e)) from e
-    functions = package_functions(root, out / "functions")
-    template = final_template(
-        load_template(root / "templates" / "template.yaml"),
-        os.path.relpath(functions, out),
-        os.path.relpath(layer_dir, out),
-        s.arch,
-    )
-    _write_json(out / s.template.name, template)
+    functions = out / "functions"
+    stage_template(root / "templates" / "template.yaml", out / s.template.name, layer_dir, s.arch)
 
     api_dir = stage_api(root, out / "api")
     sam = json.loads(chalice_package(api_dir, out / "api-package", s.region).read_text())

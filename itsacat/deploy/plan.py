@@ -115,7 +115,10 @@ class Step:
         }[self.kind].format(*self.args)
 
 
-def _package(template: Path, out: Path, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+def package_argv(
+    template: Path, out: Path, bucket: str, prefix: str, region: str
+) -> tuple[str, ...]:
+    """`aws cloudformation package`: what a deploy and the embedded stack both run."""
     return (
         "aws",
         "cloudformation",
@@ -159,7 +162,7 @@ def deploy_steps(s: Settings, account: str) -> list[Step]:
         Step("ensure-bucket", (artifacts, s.region), "bucket for the packaged code"),
         Step(
             "run",
-            _package(s.template, s.packaged, artifacts, s.stack_name, s.region),
+            package_argv(s.template, s.packaged, artifacts, s.stack_name, s.region),
             "upload the layer and the function code",
         ),
         Step(
@@ -174,7 +177,7 @@ def deploy_steps(s: Settings, account: str) -> list[Step]:
         ),
         Step(
             "run",
-            _package(s.api_template, s.api_packaged, artifacts, s.stack_name, s.region),
+            package_argv(s.api_template, s.api_packaged, artifacts, s.stack_name, s.region),
             "upload the prediction API",
         ),
         Step(

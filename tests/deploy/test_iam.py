@@ -136,7 +136,7 @@ EXPECTED = {
         ("dynamodb:UpdateItem", "RunsTable.Arn"),
         ("dynamodb:Query", "WeightsTable.Arn"),
         ("dynamodb:BatchWriteItem", "WeightsTable.Arn"),
-        ("dynamodb:PutItem", "CostsTable.Arn"),
+        ("dynamodb:BatchWriteItem", "CostsTable.Arn"),
         ("dynamodb:Query", "CostsTable.Arn"),
         ("sns:Publish", "NotificationsTopic"),
         ("lambda:InvokeFunction", FN + "neuron"),

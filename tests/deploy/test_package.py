@@ -39,7 +39,12 @@ def test_main_template_points_at_the_built_code(
     t = json.loads(built.template.read_text())
     function_globals = t["Globals"]["Function"]
     template_dir = built.template.parent
-    assert (template_dir / function_globals["CodeUri"]).resolve() == built.functions
+    # Each function names its code: `aws cloudformation package` does not read Globals.
+    assert "CodeUri" not in function_globals
+    functions = [r for r in t["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
+    assert len(functions) == 4
+    for fn in functions:
+        assert (template_dir / fn["Properties"]["CodeUri"]).resolve() == built.functions
     assert function_globals["Architectures"] == ["x86_64"]
     assert function_globals["Runtime"] == layer.RUNTIME
     layer_props = t["Resources"]["ScientificLayer"]["Properties"]
@@ -53,7 +58,8 @@ def test_arm64_rewrites_the_architectures() -> None:
     assert t["Globals"]["Function"]["Architectures"] == ["arm64"]
     assert t["Resources"]["ScientificLayer"]["Properties"]["CompatibleArchitectures"] == ["arm64"]
     # the source is untouched
-    assert source["Globals"]["Function"]["CodeUri"] == "../build/functions"
+    assert source["Resources"]["TrainerFunction"]["Properties"]["CodeUri"] == "../build/functions"
+    assert t["Resources"]["TrainerFunction"]["Properties"]["CodeUri"] == "functions"
 
 
 def test_api_template_takes_bucket_and_layer_from_the_training_stack(

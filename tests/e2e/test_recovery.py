@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from embedded.runtime import RuntimeConfig
+from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
 from embedded.testing import running_stack, wait_for
 from state import clients

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from embedded.runtime import make_server
+from embedded.invoke_api import make_server
 
 
 @pytest.fixture

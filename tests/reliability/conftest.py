@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from embedded.runtime import RuntimeConfig
+from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
 from tests.reliability.support import Client, stack
 

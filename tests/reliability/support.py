@@ -22,7 +22,7 @@ from typing import Any
 import boto3
 import numpy as np
 
-from embedded.runtime import RuntimeConfig
+from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
 from state.costs import CostStore
 from state.models import ModelStore

@@ -1,6 +1,7 @@
 """Test-only Lambda handlers, served by the embedded runtime through the same code path."""
 
 import os
+import sys
 import time
 
 _COLD = {"invocations": 0, "pid": os.getpid()}
@@ -21,7 +22,11 @@ def echo(event, context):
         "log_group_name": context.log_group_name,
         "log_stream_name": context.log_stream_name,
         "remaining_ms": context.get_remaining_time_in_millis(),
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FIXTURE_"))},
+        "env": {
+            k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FIXTURE_", "LAMBDA_"))
+        },
+        "sys_path": sys.path,
+        "cwd": os.getcwd(),
     }
 
 
