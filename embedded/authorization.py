@@ -297,8 +297,6 @@ class _Authorizer:
         return None
 
     def _policy_set(self, session: Any) -> _PolicySet:
-        from moto.iam.access_control import IAMPolicy
-
         found = self._role(session.role_arn)
         role, boundary = None, None
         if found is None:
@@ -318,9 +316,15 @@ class _Authorizer:
         cached = self._policy_sets.get(key)
         if cached is not None and cached.fingerprint == fingerprint:
             return cached
+        from moto.iam.access_control import IAMPolicy
+
         identity = []
         if role is not None:
-            identity = [IAMPolicy(doc) for doc in role.policies.values()]
+            # Roles created by CloudFormation keep their inline documents as dicts.
+            identity = [
+                IAMPolicy(doc if isinstance(doc, str) else json.dumps(doc))
+                for doc in role.policies.values()
+            ]
             identity += [IAMPolicy(p) for p in role.managed_policies.values()]
         created = _PolicySet(
             fingerprint,
