@@ -2,8 +2,8 @@
 
 moto creates most of the template but silently skips some resource types
 (`AWS::SQS::QueuePolicy`, `AWS::Lambda::EventInvokeConfig`, `AWS::SNS::Subscription`) and
-ignores a bucket's `NotificationConfiguration` and `VersioningConfiguration` and a table's
-`TimeToLiveSpecification`.
+ignores a bucket's `NotificationConfiguration` and `VersioningConfiguration`, a table's
+`TimeToLiveSpecification` and a role's `ManagedPolicyArns`.
 Without them the local stack would not deliver S3 notifications or send failed asynchronous
 invocations anywhere, so they are
 applied here, from the same translated template, with the intrinsic functions they use
@@ -288,6 +288,12 @@ def apply(clients: Clients, ctx: Context) -> list[str]:
                     "Enabled": str(spec.get("Enabled", True)).lower() == "true",
                 },
             )
+        elif kind == "AWS::IAM::Role" and properties.get("ManagedPolicyArns"):
+            # moto's CloudFormation creates the role without its managed policies (SAM gives
+            # a generated role AWSLambdaBasicExecutionRole this way).
+            role = ctx.resources[logical_id]["physical_id"]
+            for arn in ctx.resolve(properties["ManagedPolicyArns"]):
+                clients.client("iam").attach_role_policy(RoleName=role, PolicyArn=arn)
         elif kind == "AWS::S3::Bucket":
             bucket = ctx.resources[logical_id]["physical_id"]
             if "VersioningConfiguration" in properties:

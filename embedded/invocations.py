@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,12 +160,14 @@ class Runtime:
         clients: Any,
         files: dict[str, Filesystem],
         credentials: Credentials,
+        role_client: Callable[[str, str], Any],
         faults: FaultPlan | None = None,
     ) -> None:
         self.topology = topology
         self.config = config
         self.sink = sink
         self.clients = clients
+        self.role_client = role_client  # (function, service) -> a client with its role
         self.faults = faults or FaultPlan.parse(config.faults)
         self.stats = Stats()
         self.started = time.time()
@@ -358,11 +361,12 @@ class Runtime:
         service = destination.split(":")[2]
         try:
             if service == "sqs":
-                sqs = self.clients.client("sqs")
+                # Lambda sends the record with the function's execution role.
+                sqs = self.role_client(spec.name, "sqs")
                 url = sqs.get_queue_url(QueueName=destination.rsplit(":", 1)[-1])["QueueUrl"]
                 sqs.send_message(QueueUrl=url, MessageBody=body)
             elif service == "sns":
-                self.clients.client("sns").publish(TopicArn=destination, Message=body)
+                self.role_client(spec.name, "sns").publish(TopicArn=destination, Message=body)
             elif service == "lambda":
                 self.invoke_async(destination, body.encode())
             else:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 _MAX_BATCH = 5000  # put_log_events allows 10,000 events and 1 MB per call
@@ -29,8 +30,16 @@ def stream_name() -> str:
 class LogSink:
     """Buffers (group, stream, line) and flushes them to CloudWatch Logs in the background."""
 
-    def __init__(self, logs_client: Any, flush_s: float = _FLUSH_S) -> None:
+    def __init__(
+        self,
+        logs_client: Any,
+        logs_for_group: Callable[[str], Any | None] = lambda group: None,
+        flush_s: float = _FLUSH_S,
+    ) -> None:
+        # A function's logs are shipped with its execution role, as Lambda does: a role
+        # without logs:CreateLogStream / logs:PutLogEvents on its group loses them.
         self.logs = logs_client
+        self.logs_for_group = logs_for_group
         self.flush_s = flush_s
         self._pending: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -69,26 +78,32 @@ class LogSink:
             pending, self._pending = self._pending, defaultdict(list)
         for (group, stream), events in pending.items():
             try:
-                self._ensure(group, stream)
+                logs = self.logs_for_group(group) or self.logs
+                self._ensure(logs, group, stream)
                 events.sort(key=lambda e: e["timestamp"])  # required by put_log_events
                 for i in range(0, len(events), _MAX_BATCH):
                     batch = events[i : i + _MAX_BATCH]
-                    self.logs.put_log_events(
-                        logGroupName=group, logStreamName=stream, logEvents=batch
-                    )
+                    logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=batch)
                     self.events_sent += len(batch)
             except Exception:  # logs must never take the runtime down
                 self.errors += 1
 
-    def _ensure(self, group: str, stream: str) -> None:
+    def _ensure(self, logs: Any, group: str, stream: str) -> None:
         if group not in self._known_groups:
-            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
-                self.logs.create_log_group(logGroupName=group)
+            # Lambda creates a missing group (the role's logs:CreateLogGroup permitting).
+            with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                if not self._group_exists(group):
+                    logs.create_log_group(logGroupName=group)
             self._known_groups.add(group)
         if (group, stream) not in self._known_streams:
-            with contextlib.suppress(self.logs.exceptions.ResourceAlreadyExistsException):
-                self.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                logs.create_log_stream(logGroupName=group, logStreamName=stream)
             self._known_streams.add((group, stream))
+
+    def _group_exists(self, group: str) -> bool:
+        """Whether the group exists (asked as the service: no function role lists groups)."""
+        found = self.logs.describe_log_groups(logGroupNamePrefix=group).get("logGroups", [])
+        return any(g["logGroupName"] == group for g in found)
 
     def close(self) -> None:
         self._stop.set()

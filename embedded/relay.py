@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -54,8 +55,18 @@ def s3_keys(body: str) -> list[str]:
 class Relay:
     """One polling thread per SQS source."""
 
-    def __init__(self, runtime: Any, clients: Any, sources: list[QueueSource], config: Any) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        clients: Any,
+        role_client: Callable[[str, str], Any],
+        sources: list[QueueSource],
+        config: Any,
+    ) -> None:
         self.runtime = runtime
+        # Lambda polls and deletes with the function's execution role; only the quicker
+        # retry of a failed batch (a scaled clock, not something Lambda does) is ours.
+        self.role_client = role_client
         self.sqs = clients.client("sqs")
         self.sources = sources
         self.retry_visibility_s = int(config.relay_retry_visibility_s)
@@ -98,7 +109,7 @@ class Relay:
     def _poll(self, source: QueueSource) -> None:
         while not self._stop.is_set():
             try:
-                response = self.sqs.receive_message(
+                response = self.role_client(source.function, "sqs").receive_message(
                     QueueUrl=source.queue_url,
                     MaxNumberOfMessages=min(source.batch_size, 10),
                     WaitTimeSeconds=_WAIT_S,
@@ -130,7 +141,7 @@ class Relay:
         done = [m for m in messages if m["MessageId"] not in failed_ids]
         retry = [m for m in messages if m["MessageId"] in failed_ids]
         if done:
-            self.sqs.delete_message_batch(
+            self.role_client(source.function, "sqs").delete_message_batch(
                 QueueUrl=source.queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)

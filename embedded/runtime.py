@@ -48,18 +48,24 @@ def function_files(clients: Any, spec: FunctionSpec) -> Filesystem:
     )
 
 
-class RoleCredentials:
+class ExecutionRoles:
     """Each function's execution-role credentials, from the emulator's STS, as Lambda gets
-    them: a session named after the function, renewed well before it expires."""
+    them: a session named after the function, renewed well before it expires. Its workers
+    get them, and so do the calls Lambda makes on the function's behalf: the SQS event
+    source mapping's polls, on-failure destinations, and the shipping of its logs."""
 
     RENEW_AFTER_S = 45 * 60
 
-    def __init__(self, sts: Any) -> None:
+    def __init__(self, sts: Any, endpoint_url: str, functions: dict[str, FunctionSpec]) -> None:
         self.sts = sts
+        self.endpoint_url = endpoint_url
+        self.functions = functions
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._clients: dict[tuple[str, str], tuple[dict[str, str], Any]] = {}
 
-    def for_function(self, spec: FunctionSpec) -> dict[str, str]:
+    def credentials(self, spec: FunctionSpec) -> dict[str, str]:
+        """AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN of its role."""
         with self._lock:
             cached = self._cache.get(spec.name)
             if cached and time.monotonic() - cached[0] < self.RENEW_AFTER_S:
@@ -77,6 +83,33 @@ class RoleCredentials:
             self._cache[spec.name] = (time.monotonic(), credentials)
             return credentials
 
+    def client(self, function: str, service: str) -> Any:
+        """A boto3 client for `service` with the role of `function`."""
+        import boto3
+        from botocore.config import Config
+
+        credentials = self.credentials(self.functions[function])
+        with self._lock:
+            cached = self._clients.get((function, service))
+            if cached is not None and cached[0] is credentials:
+                return cached[1]
+            client = boto3.client(
+                service,
+                endpoint_url=self.endpoint_url,
+                region_name="us-east-1",
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials["AWS_SESSION_TOKEN"],
+                config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+            )
+            self._clients[(function, service)] = (credentials, client)
+            return client
+
+    def logs_for_group(self, group: str) -> Any | None:
+        """The logs client of the function whose log group this is (None: not a function's)."""
+        name = group.removeprefix("/aws/lambda/")
+        return self.client(name, "logs") if name in self.functions else None
+
 
 def run_daemon(home: Path, port: int) -> None:
     """Load the stack from `home`; run runtime, relay, schedule and log sink until SIGTERM."""
@@ -92,16 +125,20 @@ def run_daemon(home: Path, port: int) -> None:
     clients = Clients(emulator_url)
     stacks = [DeployedStack.from_json(s) for s in settings["stacks"]]
     topology = load_topology(clients, stacks)
-    sink = LogSink(Clients(emulator_url).client("logs"))
+    roles = ExecutionRoles(
+        Clients(emulator_url).client("sts"), emulator_url, dict(topology.functions)
+    )
+    sink = LogSink(Clients(emulator_url).client("logs"), roles.logs_for_group)
     files = {name: function_files(clients, spec) for name, spec in topology.functions.items()}
     extra: dict[str, Any] = {}
     server, handler = make_server("127.0.0.1", port, emulator_url, extra)
     runtime_url = f"http://127.0.0.1:{server.server_port}"
     endpoints = {"AWS_ENDPOINT_URL": emulator_url, "AWS_ENDPOINT_URL_LAMBDA": runtime_url}
-    roles = RoleCredentials(Clients(emulator_url).client("sts"))
-    runtime = Runtime(topology, config, endpoints, sink, clients, files, roles.for_function)
+    runtime = Runtime(
+        topology, config, endpoints, sink, clients, files, roles.credentials, roles.client
+    )
     handler.runtime = runtime
-    relay = Relay(runtime, Clients(emulator_url), topology.queue_sources, config)
+    relay = Relay(runtime, Clients(emulator_url), roles.client, topology.queue_sources, config)
     scheduler = Scheduler(runtime, topology.schedules, config.schedule_scale)
     extra["relay"] = relay.snapshot
     extra["schedules"] = scheduler.snapshot

@@ -11,182 +11,192 @@ which loads the handler and then loops over the documented Runtime API
 - `POST /2018-06-01/runtime/init/error` when the handler cannot be loaded (the client then
   exits).
 
-`RuntimeAPI` serves those on its own loopback port for one worker (AWS_LAMBDA_RUNTIME_API
-points there), one connection at a time, and hands each invocation's outcome to the caller
-through an `Invocation`. Handler loading, the context object and the error shapes are then
-AWS's code, not ours.
+`RuntimeAPI` serves those on a loopback port of its own for one worker
+(AWS_LAMBDA_RUNTIME_API points there). It has no thread: a worker serves one invocation at a
+time, so the thread that drives an invocation also answers the client's requests on the
+connection, which spares two thread switches per invocation. Handler loading, the context
+object and the error shapes are then AWS's code, not ours.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import queue
+import select
 import socket
-import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
 _PREFIX = "/2018-06-01/runtime/"
 _NEXT = _PREFIX + "invocation/next"
+_INVOCATION = _PREFIX + "invocation/"
 _INIT_ERROR = _PREFIX + "init/error"
-_MAX_HEADER_LINE = 65536
+_MAX_HEAD = 65536
 _MAX_HEADERS = 100
+_RECV_BYTES = 1 << 18
+_ACCEPTED = (
+    b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 15\r\n\r\n{"status":"OK"}'
+)
+
+
+class ClientGone(Exception):
+    """The runtime client closed its connection (its process exited or was killed)."""
 
 
 @dataclass
 class Invocation:
-    """One event handed to a worker, and what became of it."""
+    """One event handed to a worker."""
 
     request_id: str
     payload: bytes
     deadline_ms: int
     invoked_arn: str
     trace_id: str
-    # "response", "error" (the handler raised), "init_error", or "died" (set by the worker)
-    outcome: str | None = None
-    body: bytes = b""
-    done: threading.Event = field(default_factory=threading.Event)
 
-    def finish(self, outcome: str, body: bytes) -> None:
-        if not self.done.is_set():
-            self.outcome, self.body = outcome, body
-            self.done.set()
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    body: bytes
 
 
 class RuntimeAPI:
-    """The Runtime API for one worker: a listening socket and a thread that serves it."""
+    """The Runtime API for one worker: a listening socket and, once the client connects,
+    its connection. Every method blocks at most until the deadline it is given."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self) -> None:
+        self.pidfd: int | None = None  # the client process's pidfd, once it is started
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
-        self._pending: queue.SimpleQueue[Invocation | None] = queue.SimpleQueue()
-        self._current: Invocation | None = None
-        self._lock = threading.Lock()
-        self.polled = threading.Event()  # the client asked for its first event: init is over
-        self.init_error: bytes | None = None
-        self.changed = threading.Event()  # set on the first poll and on an init error
-        self._closed = False
-        self._thread = threading.Thread(target=self._serve, name=f"runtime-api-{name}", daemon=True)
-        self._thread.start()
+        self._connection: socket.socket | None = None
+        self._buffer = b""
+        self._waiting_for_event = False  # a `GET /next` has been read and not yet answered
 
-    # ------------------------------------------------------------------ the caller's side
+    def next_request(self, deadline: float) -> str | bytes:
+        """Serve the client until it asks for an event: "next", or the body of an init
+        error. Raises ClientGone, or TimeoutError past `deadline` (time.monotonic())."""
+        if self._waiting_for_event:
+            return "next"
+        while True:
+            request = self._read(deadline)
+            if request.method == "GET" and request.path == _NEXT:
+                self._waiting_for_event = True
+                return "next"
+            self._send(_ACCEPTED if request.method == "POST" else _status(404))
+            if request.path == _INIT_ERROR:
+                return request.body
 
-    def deliver(self, invocation: Invocation) -> None:
-        """Hand `invocation` to the client's (next) `GET /next`."""
-        self._pending.put(invocation)
+    def send_event(self, invocation: Invocation) -> None:
+        """Answer the waiting `GET /next` with `invocation`."""
+        assert self._waiting_for_event and self._connection is not None
+        self._waiting_for_event = False
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(invocation.payload)}\r\n"
+            f"Lambda-Runtime-Aws-Request-Id: {invocation.request_id}\r\n"
+            f"Lambda-Runtime-Deadline-Ms: {invocation.deadline_ms}\r\n"
+            f"Lambda-Runtime-Invoked-Function-Arn: {invocation.invoked_arn}\r\n"
+            f"Lambda-Runtime-Trace-Id: {invocation.trace_id}\r\n"
+            "\r\n"
+        )
+        self._send(head.encode("latin-1") + invocation.payload)
 
-    def current(self) -> Invocation | None:
-        with self._lock:
-            return self._current
+    def result(self, request_id: str, deadline: float) -> tuple[bool, bytes]:
+        """The client's answer to `request_id`: (True, response) or (False, error payload).
+        Raises ClientGone, or TimeoutError past `deadline`."""
+        expected = f"{_INVOCATION}{request_id}/"
+        while True:
+            request = self._read(deadline)
+            if request.method == "POST" and request.path.startswith(expected):
+                kind = request.path[len(expected) :]
+                if kind in ("response", "error"):
+                    self._send(_ACCEPTED)
+                    return kind == "response", request.body
+            self._send(_status(400 if request.method == "POST" else 404))
 
     def close(self) -> None:
-        """Stop serving; a `GET /next` that waits is answered by closing its connection."""
-        self._closed = True
-        self._pending.put(None)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    # ------------------------------------------------------------------ the server
-
-    def _serve(self) -> None:
-        while not self._closed:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self._serve_connection(connection)
-            except OSError:
-                pass
-            finally:
+        for sock in (self._connection, self._listener):
+            if sock is not None:
                 with contextlib.suppress(OSError):
-                    connection.close()
+                    sock.close()
 
-    def _serve_connection(self, connection: socket.socket) -> None:
-        reader = connection.makefile("rb", buffering=1 << 19)
-        while not self._closed:
-            line = reader.readline(_MAX_HEADER_LINE + 1)
-            if not line:
-                return
-            parts = line.decode("latin-1").split()
-            if len(parts) != 3:
-                return
-            method, path, _ = parts
-            headers: dict[str, str] = {}
-            while True:
-                raw = reader.readline(_MAX_HEADER_LINE + 1)
-                if not raw or len(headers) > _MAX_HEADERS:
-                    return
-                if raw in (b"\r\n", b"\n"):
-                    break
-                name, _, value = raw.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length") or 0)
-            body = reader.read(length) if length else b""
-            if method == "GET" and path == _NEXT:
-                invocation = self._next()
-                if invocation is None:
-                    return
-                connection.sendall(_event_response(invocation))
-            elif method == "POST" and path == _INIT_ERROR:
-                self.init_error = body
-                self.changed.set()
-                connection.sendall(_accepted())
-            elif method == "POST" and path.startswith(_PREFIX + "invocation/"):
-                request_id, _, kind = path[len(_PREFIX + "invocation/") :].partition("/")
-                connection.sendall(self._answer(request_id, kind, body))
-            else:
-                connection.sendall(_status(404, b'{"errorType":"InvalidRequest"}'))
+    # ------------------------------------------------------------------ HTTP
 
-    def _next(self) -> Invocation | None:
-        if not self.polled.is_set():
-            self.polled.set()
-            self.changed.set()
-        invocation = self._pending.get()
-        with self._lock:
-            self._current = invocation
-        return invocation
+    def _send(self, data: bytes) -> None:
+        assert self._connection is not None
+        try:
+            self._connection.sendall(data)
+        except OSError as e:
+            raise ClientGone() from e
 
-    def _answer(self, request_id: str, kind: str, body: bytes) -> bytes:
-        with self._lock:
-            invocation = self._current
-        if invocation is None or invocation.request_id != request_id:
-            message = json.dumps({"errorMessage": f"unknown request id {request_id}"}).encode()
-            return _status(400, message)
-        if kind == "response":
-            invocation.finish("response", body)
-        elif kind == "error":
-            invocation.finish("error", body)
-        else:
-            return _status(404, b'{"errorType":"InvalidRequest"}')
-        with self._lock:
-            self._current = None
-        return _accepted()
+    def _read(self, deadline: float) -> Request:
+        """One request, read with as few recv(2) as it takes (usually one): the client
+        writes a request's line, headers and body together."""
+        if self._connection is None:
+            self._accept(deadline)
+        connection = self._connection
+        assert connection is not None
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        buffer = self._buffer
+        try:
+            while (end := buffer.find(b"\r\n\r\n")) < 0:
+                if len(buffer) > _MAX_HEAD:
+                    raise ClientGone()
+                buffer += self._recv(connection)
+            head = buffer[:end].decode("latin-1").split("\r\n")
+            parts = head[0].split()
+            if len(parts) != 3 or len(head) > _MAX_HEADERS:
+                raise ClientGone()
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            start = end + 4
+            while len(buffer) - start < length:
+                buffer += self._recv(connection)
+        except TimeoutError:
+            self._buffer = buffer
+            raise
+        except (OSError, ValueError) as e:
+            raise ClientGone() from e
+        self._buffer = buffer[start + length :]
+        return Request(parts[0], parts[1], buffer[start : start + length])
 
+    @staticmethod
+    def _recv(connection: socket.socket) -> bytes:
+        chunk = connection.recv(_RECV_BYTES)
+        if not chunk:
+            raise ClientGone()
+        return chunk
 
-def _event_response(invocation: Invocation) -> bytes:
-    head = (
-        "HTTP/1.1 200 OK\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(invocation.payload)}\r\n"
-        f"Lambda-Runtime-Aws-Request-Id: {invocation.request_id}\r\n"
-        f"Lambda-Runtime-Deadline-Ms: {invocation.deadline_ms}\r\n"
-        f"Lambda-Runtime-Invoked-Function-Arn: {invocation.invoked_arn}\r\n"
-        f"Lambda-Runtime-Trace-Id: {invocation.trace_id}\r\n"
-        "\r\n"
-    )
-    return head.encode("latin-1") + invocation.payload
+    def _accept(self, deadline: float) -> None:
+        """The client's connection; ClientGone if its process exits first (a pidfd says so
+        at once, rather than at the end of the init's time limit)."""
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        if self.pidfd is not None:
+            poller.register(self.pidfd, select.POLLIN)
+        events = poller.poll(max(int((deadline - time.monotonic()) * 1000), 1))
+        if not events:
+            raise TimeoutError()
+        if any(fd == self.pidfd for fd, _ in events):
+            raise ClientGone()
+        try:
+            connection, _ = self._listener.accept()
+        except OSError as e:
+            raise ClientGone() from e
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connection = connection
 
 
-def _status(code: int, body: bytes) -> bytes:
-    reason = {202: "Accepted", 400: "Bad Request", 404: "Not Found"}.get(code, "")
+def _status(code: int) -> bytes:
+    reason = {400: "Bad Request", 404: "Not Found"}.get(code, "")
+    body = b'{"errorType":"InvalidRequest"}'
     head = (
         f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
-
-
-def _accepted() -> bytes:
-    return _status(202, b'{"status":"OK"}')

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from embedded.functions import FunctionSpec
 from embedded.logsink import LogSink, stream_name
-from embedded.runtime_api import Invocation, RuntimeAPI
+from embedded.runtime_api import ClientGone, Invocation, RuntimeAPI
 
 # Lambda gives a function's init (imports, module-level setup) its own limit of 10 s; the
 # invocation's timeout starts after it.
@@ -70,7 +70,6 @@ class WorkerResult:
     ok: bool
     payload: bytes
     duration_ms: float
-    max_memory_mb: int
 
 
 Credentials = Callable[[FunctionSpec], dict[str, str]]
@@ -132,7 +131,7 @@ class Worker:
         self.spec = spec
         self.sink = sink
         self.stream = stream_name()
-        self.api = RuntimeAPI(spec.name)
+        self.api = RuntimeAPI()
         self.platform_lines = _LOG_LEVELS.get(spec.system_log_level, 20) <= 20
         try:
             self.process = subprocess.Popen(
@@ -148,18 +147,18 @@ class Worker:
         except BaseException:
             self.api.close()
             raise
+        # (not Linux 5.3 or newer: a death before connecting is found at the init's limit)
+        with contextlib.suppress(AttributeError, OSError):
+            self.api.pidfd = os.pidfd_open(self.process.pid)
         assert self.process.stdout is not None
         self._out = self.process.stdout.fileno()
         os.set_blocking(self._out, False)
         self._out_lock = threading.Lock()
         self._pending_line = b""
         self._initialised = False
-        self._exit_status: str | None = None
-        self._exited = threading.Event()
         threading.Thread(target=self._forward_output, name=f"log-{spec.name}", daemon=True).start()
-        threading.Thread(target=self._watch, name=f"wait-{spec.name}", daemon=True).start()
 
-    # ------------------------------------------------------------------ output and exit
+    # ------------------------------------------------------------------ output
 
     def _forward_output(self) -> None:
         """Each line the worker prints becomes a log event, as Lambda ships stdout."""
@@ -186,6 +185,8 @@ class Worker:
                     open_ = False
                     break
                 chunks.append(chunk)
+            if not chunks and open_:
+                return True
             data = self._pending_line + b"".join(chunks)
             *lines, self._pending_line = data.split(b"\n")
             if not open_ and self._pending_line:
@@ -199,29 +200,7 @@ class Worker:
                 )
             return open_
 
-    def _watch(self) -> None:
-        code = self.process.wait()
-        if code < 0:
-            self._exit_status = f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
-        else:
-            self._exit_status = f"exit status {code}"
-        self._exited.set()
-        current = self.api.current()
-        if current is not None:
-            current.finish("died", b"")
-        self.api.changed.set()
-        self.api.close()
-
     # ------------------------------------------------------------------ invocations
-
-    def _init(self) -> float:
-        """Wait for the runtime client's first poll; the init's duration in ms."""
-        began = time.monotonic()
-        if not self.api.changed.wait(INIT_TIMEOUT_S):
-            self.kill()
-            raise WorkerTimedOut()
-        self._initialised = True
-        return (time.monotonic() - began) * 1000
 
     def call(self, invocation: Invocation, timeout_s: float, fault: str | None) -> WorkerResult:
         """Run one invocation; raises WorkerTimedOut or WorkerDied.
@@ -229,22 +208,28 @@ class Worker:
         `fault` is an injected one: `crash_before` kills the worker before the handler runs,
         `crash_after` once it has answered, `timeout` holds the event back until the deadline.
         """
-        if not self._initialised:
-            init_ms = self._init()
-            invocation.deadline_ms += int(init_ms)
-        if self.api.init_error is not None or (
-            self._exited.is_set() and not self.api.polled.is_set()
-        ):
-            # The handler could not be loaded: the invocation fails with the init error, and,
-            # as on Lambda, the next one starts a fresh environment.
-            self._exited.wait(2)
-            self.drain()
-            if self.api.init_error is None:
-                raise WorkerDied(self._exit_status or "exit status 1")
-            return WorkerResult(False, self.api.init_error, 0.0, 0)
+        try:
+            if not self._initialised:
+                # Lambda gives the init its own limit; the invocation's clock starts after it.
+                began = time.monotonic()
+                state = self.api.next_request(began + INIT_TIMEOUT_S)
+                self._initialised = True
+                invocation.deadline_ms += int((time.monotonic() - began) * 1000)
+                if isinstance(state, bytes):
+                    # The handler could not be loaded: the invocation fails with the init
+                    # error, and, as on Lambda, the next one starts a fresh environment.
+                    self._finish_process()
+                    return WorkerResult(False, state, 0.0)
+            else:
+                self.api.next_request(time.monotonic() + INIT_TIMEOUT_S)
+        except TimeoutError:
+            self.kill()
+            raise WorkerTimedOut() from None
+        except ClientGone:
+            raise WorkerDied(self._finish_process()) from None
         if fault == "crash_before":
             self.kill()
-            raise WorkerDied(self._exit_status or "signal: killed")
+            raise WorkerDied(self._finish_process())
         if self.platform_lines:
             self.sink.emit(
                 self.spec.log_group,
@@ -252,22 +237,23 @@ class Worker:
                 f"START RequestId: {invocation.request_id} Version: $LATEST",
             )
         started = time.monotonic()
-        if fault == "timeout":
-            time.sleep(max(timeout_s, 0.0))
+        deadline = started + max(timeout_s, 0.0)
+        try:
+            if fault == "timeout":
+                time.sleep(max(timeout_s, 0.0))
+                raise TimeoutError()
+            self.api.send_event(invocation)
+            ok, body = self.api.result(invocation.request_id, deadline)
+        except TimeoutError:
             self.kill()
-            raise WorkerTimedOut()
-        self.api.deliver(invocation)
-        if not invocation.done.wait(max(timeout_s, 0.0)):
-            self.kill()
-            raise WorkerTimedOut()
+            raise WorkerTimedOut() from None
+        except ClientGone:
+            raise WorkerDied(self._finish_process()) from None
         duration_ms = (time.monotonic() - started) * 1000
+        if fault == "crash_after":
+            self.kill()
+            raise WorkerDied(self._finish_process())
         self.drain()  # the handler's output, before Lambda's END line
-        if invocation.outcome == "died" or fault == "crash_after":
-            if fault == "crash_after":
-                self.kill()
-            self._exited.wait(2)
-            raise WorkerDied(self._exit_status or "signal: killed")
-        memory_mb = self.max_memory_mb()
         if self.platform_lines:
             request_id = invocation.request_id
             self.sink.emit_lines(
@@ -277,12 +263,23 @@ class Worker:
                     f"END RequestId: {request_id}",
                     f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
                     f"Billed Duration: {int(duration_ms) + 1} ms\t"
-                    f"Memory Size: {self.spec.memory_mb} MB\tMax Memory Used: {memory_mb} MB",
+                    f"Memory Size: {self.spec.memory_mb} MB\t"
+                    f"Max Memory Used: {self.max_memory_mb()} MB",
                 ],
             )
-        return WorkerResult(
-            invocation.outcome == "response", invocation.body, duration_ms, memory_mb
-        )
+        return WorkerResult(ok, body, duration_ms)
+
+    def _finish_process(self) -> str:
+        """Wait for the process to end (it is ending); how it ended, as Lambda says it."""
+        try:
+            code = self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._close()
+        if code < 0:
+            return f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
+        return f"exit status {code}"
 
     def max_memory_mb(self) -> int:
         """The process's peak resident memory (VmHWM), as Lambda's REPORT line gives it."""
@@ -297,14 +294,22 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return not self._exited.is_set()
+        return self.process.poll() is None
 
     def kill(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
-        self._exited.wait(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self._close()
+
+    def _close(self) -> None:
         self.api.close()
+        if self.api.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.api.pidfd)
+            self.api.pidfd = None
         self.drain()  # its last lines reach the sink
 
 

@@ -30,7 +30,8 @@ FAST_PARAMETERS = ["LeaseSeconds=1", "CommitSeconds=0.2", "TrainerTimeout=20"]
 
 
 def without(statement_sid: str, role: str, action: str) -> str:
-    """The template's text with `action` removed from one statement of one role's policy."""
+    """The template's text with `action` removed from one statement of one role's policy
+    (the whole statement when it was its only action)."""
     role_at = TEMPLATE.index(f"\n  {role}:\n")
     sid_at = TEMPLATE.index(f"- Sid: {statement_sid}\n", role_at)
     action_at = TEMPLATE.index("Action:", sid_at)
@@ -39,8 +40,19 @@ def without(statement_sid: str, role: str, action: str) -> str:
     assert action in line, f"{role}/{statement_sid} does not grant {action}: {line}"
     actions = [a.strip() for a in re.split(r"[\[\],]", line.split(":", 1)[1]) if a.strip()]
     kept = [a for a in actions if a != action]
-    assert kept, "keep at least one action so that the statement stays valid"
-    return TEMPLATE[:action_at] + f"Action: [{', '.join(kept)}]" + TEMPLATE[line_end:]
+    if kept:
+        return TEMPLATE[:action_at] + f"Action: [{', '.join(kept)}]" + TEMPLATE[line_end:]
+    # The statement runs from its "- Sid:" line to the next line indented no deeper.
+    start = TEMPLATE.rindex("\n", 0, sid_at) + 1
+    indent = sid_at - start
+    end = line_end + 1
+    while True:
+        next_end = TEMPLATE.index("\n", end)
+        text = TEMPLATE[end:next_end]
+        if text.strip() and len(text) - len(text.lstrip()) <= indent:
+            break
+        end = next_end + 1
+    return TEMPLATE[:start] + TEMPLATE[end:]
 
 
 @pytest.fixture

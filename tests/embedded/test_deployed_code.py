@@ -166,7 +166,10 @@ def test_a_module_the_package_lacks_fails_with_import_module_error(
     logs = _admin(embedded_stack, "logs")
 
     def logged() -> bool:
-        events = logs.filter_log_events(logGroupName=f"/aws/lambda/{name}")["events"]
+        try:
+            events = logs.filter_log_events(logGroupName=f"/aws/lambda/{name}")["events"]
+        except logs.exceptions.ResourceNotFoundException:  # not shipped yet
+            return False
         return any(
             "Runtime.ImportModuleError" in e["message"] and module in e["message"] for e in events
         )

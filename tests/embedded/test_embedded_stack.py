@@ -146,9 +146,9 @@ def test_a_function_runs_its_handler_and_returns_its_result(embedded_stack: Stac
     assert by_arn["event"] == {"x": 1}
 
 
-def test_payloads_larger_than_a_pipe_go_through_whole(embedded_stack: StackInfo) -> None:
-    """Requests and responses travel to and from the worker in frames through a 256 KB pipe:
-    a 4 MB event (and the echo of it) arrives byte for byte."""
+def test_large_payloads_go_through_whole(embedded_stack: StackInfo) -> None:
+    """Events and answers travel through the worker's Runtime API connection in several
+    reads: a 4 MB event (and the echo of it) arrives byte for byte."""
     blob = "".join(f"{i:07d}" for i in range(4 * 1024 * 1024 // 7))
     _, result = invoke(embedded_stack, f"{FIXTURES}-echo", {"blob": blob})
     assert result["event"] == {"blob": blob}
