@@ -251,6 +251,9 @@ def serve(host: str, port: int, ready_file: str | None) -> None:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             pass  # one line per request would dwarf everything else in the log
 
+    # AWS's managed policies exist in every account (SAM attaches AWSLambdaBasicExecutionRole
+    # to the roles it generates); moto loads them only when asked.
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     server = make_server(host, port, make_app(), threaded=True, request_handler=Handler)
     os.environ["MOTO_PORT"] = str(server.server_port)  # moto builds some URLs from it
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
