@@ -130,6 +130,24 @@ def deployed_code(
     return code, layers
 
 
+def api_role_template(api: dict[str, Any]) -> dict[str, Any]:
+    """What of the API's template (`itsacat.deploy.package.api_template`) the emulator can
+    hold: its role, with the very policy the deployed API gets, and the log group that
+    policy names. The function and its REST API are left out: the API runs under
+    `chalice local`, and moto's CloudFormation cannot import a REST API from its body."""
+    keep = {"ApiHandlerRole", "ApiLogGroup"}
+    resources = {k: v for k, v in api["Resources"].items() if k in keep}
+    if set(resources) != keep:
+        raise DeployError(f"the API template lacks {sorted(keep - set(resources))}")
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "itsacat prediction API: its role (the embedded stack's part of it)",
+        "Parameters": {"DataBucket": api["Parameters"]["DataBucket"]},
+        "Resources": resources,
+        "Outputs": {"ApiRoleArn": {"Value": {"Fn::GetAtt": ["ApiHandlerRole", "Arn"]}}},
+    }
+
+
 class _EmulatorPolicyLoader:
     """SAM's managed-policy lookup, answered by the emulator's IAM (it knows AWS's policies)."""
 

@@ -361,10 +361,11 @@ class Runtime:
         service = destination.split(":")[2]
         try:
             if service == "sqs":
-                # Lambda sends the record with the function's execution role.
-                sqs = self.role_client(spec.name, "sqs")
-                url = sqs.get_queue_url(QueueName=destination.rsplit(":", 1)[-1])["QueueUrl"]
-                sqs.send_message(QueueUrl=url, MessageBody=body)
+                # Lambda sends the record with the function's execution role (to the queue's
+                # ARN: the URL is looked up as the service, the role needs no GetQueueUrl).
+                name = destination.rsplit(":", 1)[-1]
+                url = self.clients.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
+                self.role_client(spec.name, "sqs").send_message(QueueUrl=url, MessageBody=body)
             elif service == "sns":
                 self.role_client(spec.name, "sns").publish(TopicArn=destination, Message=body)
             elif service == "lambda":

@@ -112,13 +112,15 @@ def get_json(url: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:
 
 def start_servers(env: dict[str, str], pictures: Path, port: int) -> tuple[str, str]:
     """The API (chalice local) and the picture server, in the background; their base URLs."""
-    from itsacat.commands.serve import CHALICE_DIR, server_command
+    from itsacat.commands.serve import CHALICE_DIR, api_identity, server_command
 
     background.stop_all()  # a previous demo's servers
     if port == 0 or not port_free("127.0.0.1", port):
         port = free_port("127.0.0.1")
     base = dict(os.environ)
-    argv, api_env = server_command(port, "127.0.0.1", PICTURES_HOST, base, env)
+    argv, api_env = server_command(
+        port, "127.0.0.1", PICTURES_HOST, base, api_identity(dict(env), env)
+    )
     background.start("api", argv, api_env, CHALICE_DIR, port=port)
     pic_port = free_port(PICTURES_HOST)
     background.start(

@@ -38,10 +38,41 @@ TARGET_VARS = (
 )
 
 
-def target_env() -> dict[str, str]:
+def target_env(resolved: dict[str, str] | None = None) -> dict[str, str]:
     """The current target's variables for the API (endpoint, bucket, credentials)."""
-    env = target.resolve()
-    return {k: env[k] for k in TARGET_VARS if env.get(k)}
+    env = resolved if resolved is not None else target.resolve()
+    return api_identity({k: env[k] for k in TARGET_VARS if env.get(k)}, env)
+
+
+def api_identity(api_env: dict[str, str], target_vars: dict[str, str]) -> dict[str, str]:
+    """On the embedded stack, `api_env` with the credentials of the API's own role (the
+    `ApiHandlerRole` of the API template, which the stack creates): the API reads models
+    with what its policy allows, as on AWS, not with the account owner's keys. Elsewhere
+    (AWS, or a bucket given by hand) `api_env` unchanged."""
+    role = target_vars.get("ITSACAT_API_ROLE_ARN")
+    endpoint = target_vars.get("AWS_ENDPOINT_URL")
+    if not role or not endpoint:
+        return api_env
+    import boto3
+
+    sts = boto3.client(
+        "sts",
+        endpoint_url=endpoint,
+        region_name=target_vars.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_access_key_id=target_vars.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=target_vars.get("AWS_SECRET_ACCESS_KEY"),
+    )
+    try:
+        answer = sts.assume_role(RoleArn=role, RoleSessionName="itsacat-api")["Credentials"]
+    except Exception as e:  # the stack went away, or the role with it
+        raise UserError(f"cannot take the API's role {role}: {e}") from e
+    out = {k: v for k, v in api_env.items() if k != "AWS_PROFILE"}
+    out.update(
+        AWS_ACCESS_KEY_ID=answer["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=answer["SecretAccessKey"],
+        AWS_SESSION_TOKEN=answer["SessionToken"],
+    )
+    return out
 
 
 def chalicelib(name: str) -> ModuleType:
@@ -93,7 +124,10 @@ def server_command(
 
 def serve(args: argparse.Namespace) -> int:
     allow = check_allow_hosts(args.allow_hosts) if args.allow_hosts is not None else None
-    argv, env = server_command(args.port, args.host, allow, dict(os.environ), target_env())
+    resolved = target.resolve()
+    argv, env = server_command(args.port, args.host, allow, dict(os.environ), target_env(resolved))
+    role = resolved.get("ITSACAT_API_ROLE_ARN")
+    who = f"credentials of {role.rsplit('/', 1)[-1]}, " if role else ""
     if not env.get("ITSACAT_BUCKET"):
         print(
             "itsacat serve: warning: ITSACAT_BUCKET is not set; /image will answer 503",
@@ -102,7 +136,7 @@ def serve(args: argparse.Namespace) -> int:
     print(
         f"itsacat serve: http://{args.host}:{args.port}/ "
         f"(bucket {env.get('ITSACAT_BUCKET', '-')}, "
-        f"S3 {env.get('AWS_ENDPOINT_URL', 'AWS')}, "
+        f"S3 {env.get('AWS_ENDPOINT_URL', 'AWS')}, {who}"
         f"allowed private addresses: {env.get('ITSACAT_ALLOW_HOSTS') or 'none'})",
         file=sys.stderr,
         flush=True,

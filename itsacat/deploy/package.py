@@ -250,12 +250,20 @@ def build(s: Settings, layer_from: Path | None = None, root: Path = ROOT) -> Bui
     functions = out / "functions"
     stage_template(root / "templates" / "template.yaml", out / s.template.name, layer_dir, s.arch)
 
+    stage_api_template(out / s.api_template.name, s.region, s.arch, root)
+    return Build(layer_dir, functions, out / s.template.name, out / s.api_template.name)
+
+
+def stage_api_template(dest: Path, region: str, arch: str, root: Path = ROOT) -> Path:
+    """Stage the API beside `dest` (`api/`, `api-package/` from `chalice package`) and write
+    `dest`: its template, for `itsacat deploy` and `itsacat up` alike."""
+    out = dest.parent
     api_dir = stage_api(root, out / "api")
-    sam = json.loads(chalice_package(api_dir, out / "api-package", s.region).read_text())
+    sam = json.loads(chalice_package(api_dir, out / "api-package", region).read_text())
     policy, placeholder = _stage_policy(api_dir)
     code_uri = os.path.relpath(out / "api-package" / "deployment.zip", out)
-    _write_json(out / s.api_template.name, api_template(sam, policy, placeholder, code_uri, s.arch))
-    return Build(layer_dir, functions, out / s.template.name, out / s.api_template.name)
+    _write_json(dest, api_template(sam, policy, placeholder, code_uri, arch))
+    return dest
 
 
 def lint(paths: Iterable[Path]) -> list[str]:
