@@ -104,6 +104,27 @@ def aws_cli_package(template_path: Path, out: Path, emulator_url: str, prefix: s
     return out
 
 
+_ARTIFACTS = {
+    "AWS::Serverless::Function": "CodeUri",
+    "AWS::Serverless::LayerVersion": "ContentUri",
+    "AWS::Lambda::Function": "Code",
+    "AWS::Lambda::LayerVersion": "Content",
+}
+
+
+def has_local_artifacts(template: dict[str, Any]) -> bool:
+    """Whether `aws cloudformation package` has anything to upload (a local path where code
+    goes); without any, it would only copy the template, so the second-long run is spared."""
+    for resource in template.get("Resources", {}).values():
+        kind, props = resource.get("Type", ""), resource.get("Properties", {})
+        if kind == "AWS::Serverless::Function" and not {"CodeUri", "InlineCode"} & set(props):
+            return True  # the CLI zips the template's own folder for it (Globals unread)
+        value = props.get(_ARTIFACTS.get(kind, ""))
+        if isinstance(value, str) and not value.startswith("s3://"):
+            return True
+    return False
+
+
 def deployed_code(
     template: dict[str, Any], resources: dict[str, dict[str, str]]
 ) -> tuple[dict[str, dict[str, str]], dict[str, list[dict[str, str]]]]:
@@ -208,9 +229,13 @@ def create_stack(
     s3 = clients.client("s3")
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=DEPLOYMENT_BUCKET)
-    out = (work_dir or template_path.resolve().parent) / f"{stack_name}.packaged.yaml"
-    packaged = aws_cli_package(template_path, out, clients.endpoint_url, stack_name)
-    translated = translate(load_template(packaged), parameters, stack_name, clients.client("iam"))
+    template = load_template(template_path)
+    if has_local_artifacts(template):
+        out = (work_dir or template_path.resolve().parent) / f"{stack_name}.packaged.yaml"
+        template = load_template(
+            aws_cli_package(template_path, out, clients.endpoint_url, stack_name)
+        )
+    translated = translate(template, parameters, stack_name, clients.client("iam"))
     cfn = clients.client("cloudformation")
     cfn.create_stack(
         StackName=stack_name,

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embedded import lambda_files
-from embedded.deploy import DeployedStack, DeployError, create_stack
+from embedded.deploy import REGION, DeployedStack, DeployError, api_role_template, create_stack
 from embedded.gaps import Clients
 from embedded.invocations import RuntimeConfig
 from itsacat.deploy.package import PackageError, stage_template
@@ -76,6 +78,7 @@ class StackInfo:
     config: dict[str, Any]
     outputs: dict[str, str]
     stacks: list[dict[str, Any]] = field(default_factory=list)
+    api_role_arn: str = ""  # the prediction API's role (`itsacat serve` takes it)
 
     @property
     def bucket(self) -> str:
@@ -94,6 +97,8 @@ class StackInfo:
         for output, name in _OUTPUT_ENV.items():
             if output in self.outputs:
                 env[name] = self.outputs[output]
+        if self.api_role_arn:
+            env["ITSACAT_API_ROLE_ARN"] = self.api_role_arn
         return env
 
     def processes(self) -> dict[str, bool]:
@@ -159,6 +164,48 @@ def _locked(home: Path) -> Iterator[None]:
     with open(home / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _api_template() -> dict[str, Any]:
+    """The API's template as `itsacat deploy` writes it (`chalice package` and all), cached
+    under the content of what it is made from: building it takes seconds."""
+    from itsacat.deploy import package
+
+    sources = [
+        p
+        for p in sorted((PROJECT_ROOT / "chalice_app").rglob("*"))
+        if p.is_file() and not {"__pycache__", "vendor", "deployed"} & set(p.parts)
+    ]
+    sources += [Path(package.__file__)]
+    for rel in package.API_VENDOR:
+        path = PROJECT_ROOT / rel
+        sources += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
+    cached = lambda_files.cache_dir() / f"api-template-{digest.hexdigest()[:16]}.json"
+    if not cached.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            built = package.stage_api_template(Path(tmp) / "api-template.json", REGION, "x86_64")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.with_suffix(".tmp").write_text(built.read_text())
+            cached.with_suffix(".tmp").replace(cached)
+    result: dict[str, Any] = json.loads(cached.read_text())
+    return result
+
+
+def _create_api_role(
+    clients: Clients, build: Path, stack_name: str, main: DeployedStack
+) -> DeployedStack:
+    """The `<stack>-api` stack's role (see `embedded.deploy.api_role_template`)."""
+    name = f"{stack_name}-api"
+    work = build / name
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "template.json"
+    path.write_text(json.dumps(api_role_template(_api_template()), indent=1))
+    return create_stack(
+        clients, name, path, {"DataBucket": main.outputs["BucketName"]}, work_dir=work
+    )
 
 
 def _spawn(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -260,6 +307,8 @@ def start(
                         work_dir=work,
                     )
                 )
+                if name == stack_name:  # the prediction API's role, from its own template
+                    stacks.append(_create_api_role(clients, build, stack_name, stacks[0]))
             (home / "runtime.json").write_text(
                 json.dumps(
                     {
@@ -292,6 +341,9 @@ def start(
             started_at=time.time(),
             config=config.to_json(),
             outputs=stacks[0].outputs,
+            api_role_arn=next(
+                (s.outputs["ApiRoleArn"] for s in stacks if "ApiRoleArn" in s.outputs), ""
+            ),
             stacks=[
                 {"name": s.name, "template": s.template_path, "not_emulated": s.not_emulated}
                 for s in stacks

@@ -40,6 +40,7 @@ ENV_NAMES = (
     "NEURON_FUNCTION",
     "WATCHDOG_FUNCTION",
     "API_LOG_GROUP",
+    "ITSACAT_API_ROLE_ARN",  # the embedded stack's API role, which `itsacat serve` takes
 )
 
 
