@@ -20,8 +20,11 @@ def register(sub: Any) -> None:
         help="start the embedded AWS stack in the background",
         description=(
             "Start the embedded stack: an AWS emulator (moto) on 127.0.0.1 holding the resources "
-            "of templates/template.yaml, and a local Lambda runtime that runs the template's "
-            "functions in warm worker processes, feeds S3 uploads under training_input/ to the "
+            "of templates/template.yaml, deployed as `itsacat deploy` deploys them (the same "
+            "code packages, uploaded by `aws cloudformation package`), and a local Lambda "
+            "runtime that runs each function's deployed package in warm worker processes "
+            "(AWS's runtime interface client, under the function's own IAM role, enforced), "
+            "feeds S3 uploads under training_input/ to the "
             "launch function, fires the watchdog schedule and ships function logs to CloudWatch "
             'Logs. Returns once everything answers. Then: eval "$(itsacat env)".'
         ),
@@ -96,7 +99,8 @@ def register(sub: Any) -> None:
         help="print shell exports that point the AWS CLI and boto3 at the stack",
         description='Print `export` lines for the running stack; use as: eval "$(itsacat env)". '
         "Sets AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_LAMBDA, the region, dummy credentials, "
-        "ITSACAT_BUCKET, the table names and the topic ARN.",
+        "ITSACAT_BUCKET, the table names, the topic ARN and the prediction API's role "
+        "(ITSACAT_API_ROLE_ARN, which `itsacat serve` takes).",
     )
     env.add_argument("--home", type=Path, help=_HOME_HELP)
     env.set_defaults(func=cmd_env)

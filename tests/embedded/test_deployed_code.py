@@ -24,21 +24,10 @@ from embedded import lambda_files
 from embedded.deploy import load_template
 from embedded.stack import StackInfo
 from embedded.testing import wait_for
+from tests.support.stack_clients import client
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = "itsacat-fixtures"
-
-
-def _admin(info: StackInfo, service: str) -> Any:
-    env = info.env()
-    endpoint = env["AWS_ENDPOINT_URL_LAMBDA"] if service == "lambda" else env["AWS_ENDPOINT_URL"]
-    return boto3.client(
-        service,  # type: ignore[call-overload]
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def _packaged(info: StackInfo, stack: str) -> dict[str, Any]:
@@ -49,7 +38,7 @@ def _packaged(info: StackInfo, stack: str) -> dict[str, Any]:
 def _s3_zip(info: StackInfo, uri: str) -> zipfile.ZipFile:
     assert uri.startswith("s3://"), uri
     bucket, _, key = uri[len("s3://") :].partition("/")
-    body = _admin(info, "s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    body = client(info, "s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     return zipfile.ZipFile(io.BytesIO(body))
 
 
@@ -118,7 +107,7 @@ def test_each_handler_imports_from_its_zip_and_the_layer_alone(
 def test_workers_run_the_deployed_package_with_their_roles_credentials(
     embedded_stack: StackInfo,
 ) -> None:
-    response = _admin(embedded_stack, "lambda").invoke(FunctionName=f"{FIXTURES}-echo")
+    response = client(embedded_stack, "lambda").invoke(FunctionName=f"{FIXTURES}-echo")
     seen = json.loads(response["Payload"].read())
     # The code is the zip the AWS CLI uploaded, unpacked.
     uri = _functions(_packaged(embedded_stack, FIXTURES))["EchoFunction"]["CodeUri"]
@@ -143,7 +132,7 @@ def test_workers_run_the_deployed_package_with_their_roles_credentials(
         aws_session_token=env["AWS_SESSION_TOKEN"],
     )
     identity = sts.get_caller_identity()["Arn"]
-    role_arn = _admin(embedded_stack, "lambda").get_function_configuration(
+    role_arn = client(embedded_stack, "lambda").get_function_configuration(
         FunctionName=f"{FIXTURES}-echo"
     )["Role"]
     role_name = role_arn.rsplit("/", 1)[1]
@@ -158,12 +147,12 @@ def test_a_module_the_package_lacks_fails_with_import_module_error(
     embedded_stack: StackInfo, function: str, module: str
 ) -> None:
     name = f"{FIXTURES}-{function}"
-    response = _admin(embedded_stack, "lambda").invoke(FunctionName=name)
+    response = client(embedded_stack, "lambda").invoke(FunctionName=name)
     error = json.loads(response["Payload"].read())
     assert response["FunctionError"] == "Unhandled"
     assert error["errorType"] == "Runtime.ImportModuleError"
     assert f"No module named '{module}'" in error["errorMessage"]
-    logs = _admin(embedded_stack, "logs")
+    logs = client(embedded_stack, "logs")
 
     def logged() -> bool:
         try:

@@ -16,30 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from embedded.deploy import load_template
 from embedded.stack import TEMPLATE, StackInfo
 from embedded.testing import stats, wait_for
+from tests.support.stack_clients import client
 
 FIXTURES = "itsacat-fixtures"
 AWS_CLI = Path(sys.executable).parent / "aws"
-
-
-def client(info: StackInfo, service: str, **config: Any) -> Any:
-    env = info.env()
-    endpoint = env["AWS_ENDPOINT_URL_LAMBDA"] if service == "lambda" else env["AWS_ENDPOINT_URL"]
-    return boto3.client(
-        service,  # type: ignore[call-overload]
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(**config) if config else None,
-    )
 
 
 def invoke(info: StackInfo, function: str, event: Any, **kwargs: Any) -> tuple[dict[str, Any], Any]:
