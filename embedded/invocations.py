@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedded.deploy import ACCOUNT_ID, REGION
 from embedded.faults import NO_FAULTS, FaultPlan, Faults
 from embedded.functions import FunctionSpec, Topology
 from embedded.logsink import LogSink
@@ -132,6 +133,17 @@ def _request_id() -> str:
     return str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
 
 
+def function_name(name_or_arn: str) -> str:
+    """The function's name, from a name, a full or partial ARN, with or without qualifier."""
+    name = name_or_arn.split(":function:", 1)[1] if ":function:" in name_or_arn else name_or_arn
+    return name.split(":", 1)[0]  # drop a qualifier ($LATEST)
+
+
+def function_arn(name_or_arn: str) -> str:
+    """The function's unqualified ARN."""
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{function_name(name_or_arn)}"
+
+
 def _trace_id() -> str:
     """An X-Ray trace header, as Lambda passes one with every event."""
     epoch = f"{int(time.time()):08x}"
@@ -184,15 +196,9 @@ class Runtime:
 
     def function(self, name_or_arn: str) -> FunctionSpec:
         """Accepts a name, a full ARN or a partial ARN (`123456789012:function:name`)."""
-        name = name_or_arn
-        if ":function:" in name:
-            name = name.split(":function:", 1)[1]
-        name = name.split(":", 1)[0]  # drop a qualifier ($LATEST)
-        spec = self.topology.functions.get(name)
+        spec = self.topology.functions.get(function_name(name_or_arn))
         if spec is None:
-            raise FunctionNotFound(
-                f"Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}"
-            )
+            raise FunctionNotFound(f"Function not found: {function_arn(name_or_arn)}")
         return spec
 
     # ------------------------------------------------------------------ synchronous

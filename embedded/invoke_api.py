@@ -20,8 +20,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from embedded.authorization import request_authorization
-from embedded.deploy import ACCOUNT_ID, REGION
-from embedded.invocations import FunctionNotFound, PayloadTooLarge, Runtime, Throttled
+from embedded.invocations import (
+    FunctionNotFound,
+    PayloadTooLarge,
+    Runtime,
+    Throttled,
+    function_arn,
+)
 
 _INVOKE_PREFIX = "/2015-03-31/functions/"
 _INVOKE_SUFFIX = "/invocations"
@@ -58,7 +63,7 @@ class InvokeAuthorizer:
         if "Credential=" not in authorization:
             return None  # unsigned: only our own tools send those
         key = authorization.split("Credential=", 1)[1].split("/", 1)[0]
-        resource = _function_arn(function)
+        resource = function_arn(function)
         cache_key = (key, token or "", resource)
         now = time.monotonic()
         with self._lock:
@@ -76,13 +81,6 @@ class InvokeAuthorizer:
         with self._lock:
             self._answers[cache_key] = (now + self.TTL_S, refused)
         return refused
-
-
-def _function_arn(name_or_arn: str) -> str:
-    """The unqualified ARN of a function given by name, partial or full ARN."""
-    name = name_or_arn.split(":function:", 1)[1] if ":function:" in name_or_arn else name_or_arn
-    name = name.split(":", 1)[0]
-    return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
 
 
 class InvokeHandler(BaseHTTPRequestHandler):

@@ -133,16 +133,19 @@ def zip_directory(directory: Path) -> bytes:
 
 
 def unpacked(s3: Any, bucket: str, key: str) -> Path:
-    """The code package or layer at s3://bucket/key, unpacked once per content hash."""
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    digest = hashlib.sha256(body).hexdigest()
+    """The code package or layer at s3://bucket/key, unpacked once per version of its content
+    (its ETag): several functions share a layer, and a stack restarts with the same code, so
+    the object is downloaded only when that version is not unpacked yet."""
+    etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
+    digest = hashlib.sha256(f"{bucket}/{key}@{etag}".encode()).hexdigest()
     dest = cache_dir() / "code" / digest[:32]
     if (dest / ".complete").is_file():
         return dest
     with _locked(dest):
         if not (dest / ".complete").is_file():
             shutil.rmtree(dest, ignore_errors=True)
-            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            obj = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)
+            with zipfile.ZipFile(io.BytesIO(obj["Body"].read())) as archive:
                 for info in archive.infolist():
                     path = archive.extract(info, dest)
                     mode = (info.external_attr >> 16) & 0o777
