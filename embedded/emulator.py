@@ -231,14 +231,19 @@ def patch_moto() -> None:
     s3_notifications._itsacat_patched = True  # type: ignore[attr-defined]
 
 
-def make_app() -> SerialisedApp:
+def make_app(faults: str = "", state_dir: str | None = None) -> SerialisedApp:
+    """The emulator's WSGI app. `faults`: the `--faults` spec (the emulator acts out the
+    storage faults, `embedded.storage_faults`); `state_dir`: where the data is kept across
+    restarts (`embedded.persistence`), None for none."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     patch_moto()
     return SerialisedApp(DomainDispatcherApplication(create_backend_app))
 
 
-def serve(host: str, port: int, ready_file: str | None) -> None:
+def serve(
+    host: str, port: int, ready_file: str | None, faults: str = "", state_dir: str | None = None
+) -> None:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
     from werkzeug.serving import make_server
 
@@ -254,7 +259,9 @@ def serve(host: str, port: int, ready_file: str | None) -> None:
     # AWS's managed policies exist in every account (SAM attaches AWSLambdaBasicExecutionRole
     # to the roles it generates); moto loads them only when asked.
     os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
-    server = make_server(host, port, make_app(), threaded=True, request_handler=Handler)
+    server = make_server(
+        host, port, make_app(faults, state_dir), threaded=True, request_handler=Handler
+    )
     os.environ["MOTO_PORT"] = str(server.server_port)  # moto builds some URLs from it
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     if ready_file:
@@ -271,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file")
+    parser.add_argument("--faults", default="", help="the fault spec of `itsacat up --faults`")
+    parser.add_argument("--state-dir", help="keep the data here across restarts")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.ready_file)
+    serve(args.host, args.port, args.ready_file, args.faults, args.state_dir)
     return 0
 
 

@@ -11,6 +11,20 @@ applies what it answers:
   crash_before  the worker dies before the handler runs (no side effects)
   crash_after   the worker dies after the handler returned, before replying
   timeout       the handler overruns the function's timeout and the worker is killed
+  redeliver     an asynchronous event (or a schedule's tick) is delivered twice with the
+                same request id, as Lambda's at-least-once event queue may
+
+and, in the emulator (`embedded.storage_faults`), per request a function makes:
+
+  ambiguous     a DynamoDB write or S3 put is applied, but the client gets a 5xx (or the
+                connection drops) instead of the answer, and retries it
+  unprocessed   `BatchWriteItem` returns part of its items as `UnprocessedItems`
+
+and for the whole stack:
+
+  hosts=mixed   workers differ as Lambda hosts do: each gets its own OpenBLAS kernel
+                (`OPENBLAS_CORETYPE`) and thread count, so a recomputed step may differ
+                from the first computation in its last bits
 
 The default plan injects nothing. A plan is built from a spec such as
 `duplicate=0.1,crash_before=0.1,throttle=0.1,delay_ms=0-200,s3_duplicate=0.5,seed=7`
@@ -23,7 +37,18 @@ import random
 import threading
 from dataclasses import dataclass
 
-_PROBABILITIES = ("duplicate", "crash_before", "crash_after", "timeout", "throttle", "s3_duplicate")
+_PROBABILITIES = (
+    "duplicate",
+    "crash_before",
+    "crash_after",
+    "timeout",
+    "throttle",
+    "s3_duplicate",
+    "redeliver",
+    "ambiguous",
+    "unprocessed",
+)
+HOSTS = ("same", "mixed")
 
 
 @dataclass(frozen=True)
@@ -58,9 +83,11 @@ class FaultPlan:
         delay_ms: tuple[int, int] = (0, 0),
         seed: int | None = None,
         functions: frozenset[str] | None = None,
+        hosts: str = "same",
     ) -> None:
         self.probabilities = dict(probabilities or {})
         self.delay_ms = delay_ms
+        self.hosts = hosts
         self.functions = functions  # None: every function
         self.seed = seed
         self._random = random.Random(seed)
@@ -68,7 +95,7 @@ class FaultPlan:
 
     @property
     def enabled(self) -> bool:
-        return any(self.probabilities.values()) or self.delay_ms[1] > 0
+        return any(self.probabilities.values()) or self.delay_ms[1] > 0 or self.hosts != "same"
 
     @classmethod
     def parse(cls, spec: str | None) -> FaultPlan:
@@ -76,6 +103,7 @@ class FaultPlan:
         probabilities: dict[str, float] = {}
         delay_ms = (0, 0)
         seed: int | None = None
+        hosts = "same"
         for item in filter(None, (part.strip() for part in (spec or "").split(","))):
             name, sep, value = item.partition("=")
             if not sep:
@@ -93,18 +121,29 @@ class FaultPlan:
                         raise ValueError
                 elif name == "seed":
                     seed = int(value)
+                elif name == "hosts":
+                    if value not in HOSTS:
+                        raise ValueError
+                    hosts = value
                 else:
-                    known = ", ".join((*_PROBABILITIES, "delay_ms", "seed"))
+                    known = ", ".join((*_PROBABILITIES, "delay_ms", "hosts", "seed"))
                     raise KeyError(f"unknown fault {name!r} (known: {known})")
             except ValueError:
                 raise ValueError(f"fault {item!r}: bad value") from None
             except KeyError as e:
                 raise ValueError(e.args[0]) from None
-        return cls(probabilities, delay_ms, seed)
+        return cls(probabilities, delay_ms, seed, hosts=hosts)
 
     def _chance(self, name: str) -> bool:
         probability = self.probabilities.get(name, 0.0)
         return probability > 0 and self._random.random() < probability
+
+    def chance(self, name: str) -> bool:
+        """Whether to inject the fault `name` (one of the probabilities) this time."""
+        if not self.probabilities.get(name):
+            return False
+        with self._lock:
+            return self._chance(name)
 
     def decide(self, function: str, invocation_type: str) -> Faults:
         """The faults for one invocation of `function` (`RequestResponse` or `Event`)."""

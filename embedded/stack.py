@@ -275,7 +275,11 @@ def start(
         try:
             emulator = _spawn(
                 "embedded.emulator",
-                ["--port", str(port or 0), "--ready-file", str(home / "emulator.ready")],
+                [
+                    *("--port", str(port or 0), "--ready-file", str(home / "emulator.ready")),
+                    *("--state-dir", str(home / "state")),
+                    *(("--faults", config.faults) if config.faults else ()),
+                ],
                 logs / "emulator.log",
             )
             started.append(emulator)
