@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients 1..500, --requests 1..100000")
     with tempfile.TemporaryDirectory(prefix="itsacat-bench-api-") as tmp:
         home = Path(tmp)
-        info = start(home, config=RuntimeConfig(workers=1, schedule_scale=0))
+        info = start(home, config=RuntimeConfig(workers=1, schedules=False))
         try:
             data = publish_model(info.env())
             x = data.require_train().x

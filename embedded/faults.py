@@ -51,6 +51,24 @@ _PROBABILITIES = (
 HOSTS = ("same", "mixed")
 
 
+# OpenBLAS kernels (`OPENBLAS_CORETYPE`) that x86-64 Lambda hosts may get, each with the CPU
+# feature it needs: OpenBLAS picks one per CPU, and Lambda promises no CPU model.
+_X86_KERNELS = (("Haswell", "avx2"), ("SandyBridge", "avx"), ("Nehalem", "sse4_2"))
+_ARM_KERNELS = (("NEOVERSEN1", "asimd"), ("ARMV8", "fp"))
+
+
+def host_kernels() -> tuple[str, ...]:
+    """The kernels from the lists above that this machine's CPU can run."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        flags = set()
+    kernels = _ARM_KERNELS if "asimd" in flags else _X86_KERNELS
+    usable = tuple(name for name, flag in kernels if flag in flags)
+    return usable or (kernels[-1][0],)
+
+
 @dataclass(frozen=True)
 class Faults:
     """The faults to inject into one invocation; all off by default."""
@@ -144,6 +162,16 @@ class FaultPlan:
             return False
         with self._lock:
             return self._chance(name)
+
+    def host_environment(self) -> dict[str, str]:
+        """The environment of a new worker's "host": nothing special unless `hosts=mixed`,
+        then an OpenBLAS kernel and a thread count of its own (see `HOST_KERNELS`)."""
+        if self.hosts != "mixed":
+            return {}
+        with self._lock:
+            kernel = self._random.choice(host_kernels())
+            threads = self._random.choice((1, 2))
+        return {"OPENBLAS_CORETYPE": kernel, "OPENBLAS_NUM_THREADS": str(threads)}
 
     def decide(self, function: str, invocation_type: str) -> Faults:
         """The faults for one invocation of `function` (`RequestResponse` or `Event`)."""

@@ -37,6 +37,7 @@ class FunctionSpec:
     # system logs, left out when SystemLogLevel is WARN or ERROR
     log_format: str = "Text"
     system_log_level: str = "INFO"
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions, if any
 
     @property
     def log_group(self) -> str:
@@ -58,6 +59,7 @@ class FunctionSpec:
             "on_success": self.on_success,
             "log_format": self.log_format,
             "system_log_level": self.system_log_level,
+            "reserved_concurrency": self.reserved_concurrency,
         }
 
     @classmethod
@@ -135,6 +137,9 @@ def load_topology(clients: Any, stacks: list[DeployedStack]) -> Topology:
                 layers=tuple(stack.layers.get(name, ())),
                 log_format=stack.logging.get(name, {}).get("LogFormat", "Text"),
                 system_log_level=stack.logging.get(name, {}).get("SystemLogLevel", "INFO"),
+                reserved_concurrency=lam.get_function_concurrency(FunctionName=name).get(
+                    "ReservedConcurrentExecutions"
+                ),
                 **_invoke_config(lam, name),
             )
             topology.functions[name] = spec

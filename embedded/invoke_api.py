@@ -231,7 +231,7 @@ class InvokeHandler(BaseHTTPRequestHandler):
                 429,
                 "TooManyRequestsException",
                 str(e),
-                Reason="ReservedFunctionConcurrentInvocationLimitExceeded",
+                Reason=e.reason,
             )
         except PayloadTooLarge as e:
             self._send_error(413, "RequestTooLargeException", str(e))

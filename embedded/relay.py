@@ -5,7 +5,9 @@ notifications) and invokes the launch function with a batch of messages; a batch
 succeeds is deleted, one that fails becomes visible again after the visibility timeout and,
 after `maxReceiveCount` receives, moves to the dead-letter queue. moto fills the queue but
 cannot run Lambda code, so this relay does Lambda's part, with the same event shape and
-the same outcomes. Only the wait before a failed batch is retried is scaled down.
+the same outcomes. The queue's visibility timeout runs on the stack's clock
+(`RuntimeConfig.time_scale`): the relay receives with the queue's timeout times the scale,
+so a failed batch comes back when it would on AWS, in proportion.
 """
 
 from __future__ import annotations
@@ -64,12 +66,12 @@ class Relay:
         config: Any,
     ) -> None:
         self.runtime = runtime
-        # Lambda polls and deletes with the function's execution role; only the quicker
-        # retry of a failed batch (a scaled clock, not something Lambda does) is ours.
+        # Lambda polls and deletes with the function's execution role.
         self.role_client = role_client
         self.sqs = clients.client("sqs")
         self.sources = sources
-        self.retry_visibility_s = int(config.relay_retry_visibility_s)
+        self.time_scale = float(config.time_scale)
+        self.visibility_s: dict[str, int] = {}  # per queue: its visibility timeout, scaled
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -81,6 +83,11 @@ class Relay:
 
     def start(self) -> None:
         for source in self.sources:
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"]
+            )["Attributes"]
+            timeout = int(attributes.get("VisibilityTimeout", 30)) * self.time_scale
+            self.visibility_s[source.queue_url] = max(1, round(timeout))
             thread = threading.Thread(
                 target=self._poll, args=(source,), name=f"relay-{source.function}", daemon=True
             )
@@ -113,6 +120,8 @@ class Relay:
                     QueueUrl=source.queue_url,
                     MaxNumberOfMessages=min(source.batch_size, 10),
                     WaitTimeSeconds=_WAIT_S,
+                    # the queue's own visibility timeout, on the stack's clock
+                    VisibilityTimeout=self.visibility_s[source.queue_url],
                     AttributeNames=["All"],
                     MessageAttributeNames=["All"],
                 )
@@ -139,7 +148,6 @@ class Relay:
             self.delivered += len(messages) - len(failed_ids)
             self.failed += len(failed_ids)
         done = [m for m in messages if m["MessageId"] not in failed_ids]
-        retry = [m for m in messages if m["MessageId"] in failed_ids]
         if done:
             self.role_client(source.function, "sqs").delete_message_batch(
                 QueueUrl=source.queue_url,
@@ -147,18 +155,7 @@ class Relay:
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
                 ],
             )
-        if retry:
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=source.queue_url,
-                Entries=[
-                    {
-                        "Id": str(i),
-                        "ReceiptHandle": m["ReceiptHandle"],
-                        "VisibilityTimeout": self.retry_visibility_s,
-                    }
-                    for i, m in enumerate(retry)
-                ],
-            )
+        # A failed batch is left alone: it is visible again once its visibility timeout ends.
 
     def _invoke(
         self, source: QueueSource, payload: bytes, messages: list[dict[str, Any]]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from embedded.functions import FunctionSpec
-from embedded.invocations import Runtime, RuntimeConfig
+from embedded.invocations import ConcurrencyConfigError, Runtime, RuntimeConfig
 from embedded.invoke_api import make_server
 from embedded.logsink import LogSink
 from embedded.workers import Filesystem
@@ -134,9 +134,14 @@ def run_daemon(home: Path, port: int) -> None:
     server, handler = make_server("127.0.0.1", port, emulator_url, extra)
     runtime_url = f"http://127.0.0.1:{server.server_port}"
     endpoints = {"AWS_ENDPOINT_URL": emulator_url, "AWS_ENDPOINT_URL_LAMBDA": runtime_url}
-    runtime = Runtime(
-        topology, config, endpoints, sink, clients, files, roles.credentials, roles.client
-    )
+    try:
+        runtime = Runtime(
+            topology, config, endpoints, sink, clients, files, roles.credentials, roles.client
+        )
+    except ConcurrencyConfigError as e:
+        print(f"the functions' concurrency does not fit the account: {e}", flush=True)
+        server.server_close()
+        raise SystemExit(1) from None
     handler.runtime = runtime
     relay = Relay(runtime, Clients(emulator_url), roles.client, topology.queue_sources, config)
     scheduler = Scheduler(runtime, topology.schedules, config.schedule_scale)

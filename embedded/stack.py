@@ -208,6 +208,24 @@ def _create_api_role(
     )
 
 
+# Template parameters that are clocks of the protocol, kept in proportion to AWS's clocks
+# (`RuntimeConfig.time_scale`): the trainer's lease is a minute on AWS, as the watchdog's rate
+# and the wait before an asynchronous retry are.
+SCALED_PARAMETERS = ("LeaseSeconds", "CommitSeconds")
+
+
+def scaled_parameters(template: Path, given: dict[str, str], time_scale: float) -> dict[str, str]:
+    """`given`, plus each of SCALED_PARAMETERS the template declares and `given` leaves out,
+    at its default times `time_scale`."""
+    declared = json.loads(Path(template).read_text()).get("Parameters", {})
+    result = dict(given)
+    for name in SCALED_PARAMETERS:
+        default = declared.get(name, {}).get("Default")
+        if name not in result and default is not None and time_scale != 1:
+            result[name] = f"{float(default) * time_scale:g}"
+    return result
+
+
 def _spawn(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
@@ -299,6 +317,7 @@ def start(
                 local_arch(),
             )
             lambda_files.runtime_packages()  # built now, so that a failure shows here
+            parameters = scaled_parameters(staged, parameters or {}, config.time_scale)
             for name, path in [(stack_name, staged), *extra_templates]:
                 work = build / name
                 work.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,11 @@ package missing from the code or the layers fails to import as it would on AWS.
 
 A pool grows on demand up to its size, hands out the most recently used idle worker first
 (its caches are hottest), and replaces a worker that timed out or died.
+
+A worker may use as much memory as its function's `MemorySize`, as on Lambda: `MemoryGuard`
+reads the resident memory of every busy worker every few milliseconds and kills one that
+has gone over; its invocation then fails with `Runtime.OutOfMemory`. (Lambda counts the
+whole environment's memory; a handler's own child processes are not counted here.)
 """
 
 from __future__ import annotations
@@ -41,11 +46,71 @@ class WorkerTimedOut(Exception):
 
 
 class WorkerDied(Exception):
-    """The worker process exited in the middle of an invocation."""
+    """The worker process exited in the middle of an invocation (`out_of_memory`: killed
+    for going over its function's memory)."""
 
-    def __init__(self, status: str) -> None:
+    def __init__(self, status: str, out_of_memory: bool = False) -> None:
         super().__init__(status)
         self.status = status
+        self.out_of_memory = out_of_memory
+
+
+# How Lambda's runtime (Go) names the signal a runtime died of: "signal: killed".
+_SIGNAL_WORDS = {
+    "SIGKILL": "killed",
+    "SIGTERM": "terminated",
+    "SIGSEGV": "segmentation fault",
+    "SIGABRT": "aborted",
+    "SIGBUS": "bus error",
+}
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (RSS), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryGuard:
+    """Kills busy workers that use more memory than their function has (one thread for all)."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self) -> None:
+        self._busy: dict[int, tuple[Worker, int]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def watch(self, worker: Worker) -> None:
+        with self._lock:
+            self._busy[id(worker)] = (worker, worker.spec.memory_mb * 1024 * 1024)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="memory", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def unwatch(self, worker: Worker) -> None:
+        with self._lock:
+            self._busy.pop(id(worker), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._busy:
+                    self._wake.wait()
+                busy = list(self._busy.values())
+            for worker, limit in busy:
+                if resident_bytes(worker.process.pid) > limit:
+                    worker.kill_for_memory()
+            time.sleep(self.PERIOD_S)
+
+
+MEMORY_GUARD = MemoryGuard()
 
 
 @dataclass(frozen=True)
@@ -82,8 +147,10 @@ def worker_environment(
     endpoints: dict[str, str],
     credentials: dict[str, str],
     runtime_api: str,
+    host: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of a worker: the function's own variables and what Lambda adds."""
+    """The environment of a worker: the function's own variables and what Lambda adds
+    (`host`: what its host sets, e.g. an OpenBLAS kernel under `hosts=mixed`)."""
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -111,6 +178,7 @@ def worker_environment(
     # 300-450 ms with two, four workers at once on two cores).
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = os.environ.get(name, "1")
+    env.update(host or {})
     if spec.log_format == "JSON":
         env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
     env.update(spec.environment)
@@ -127,9 +195,12 @@ class Worker:
         endpoints: dict[str, str],
         credentials: dict[str, str],
         sink: LogSink,
+        host: dict[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.sink = sink
+        self.host = host or {}
+        self.out_of_memory = False
         self.stream = stream_name()
         self.api = RuntimeAPI()
         self.platform_lines = _LOG_LEVELS.get(spec.system_log_level, 20) <= 20
@@ -137,7 +208,7 @@ class Worker:
             self.process = subprocess.Popen(
                 [sys.executable, "-S", "-m", "awslambdaric", spec.handler],
                 env=worker_environment(
-                    spec, files, self.stream, endpoints, credentials, self.api.address
+                    spec, files, self.stream, endpoints, credentials, self.api.address, host
                 ),
                 cwd=files.task_root,  # Lambda's working directory is the task root
                 stdin=subprocess.DEVNULL,
@@ -238,6 +309,7 @@ class Worker:
             )
         started = time.monotonic()
         deadline = started + max(timeout_s, 0.0)
+        MEMORY_GUARD.watch(self)
         try:
             if fault == "timeout":
                 time.sleep(max(timeout_s, 0.0))
@@ -248,7 +320,9 @@ class Worker:
             self.kill()
             raise WorkerTimedOut() from None
         except ClientGone:
-            raise WorkerDied(self._finish_process()) from None
+            raise WorkerDied(self._finish_process(), self.out_of_memory) from None
+        finally:
+            MEMORY_GUARD.unwatch(self)
         duration_ms = (time.monotonic() - started) * 1000
         if fault == "crash_after":
             self.kill()
@@ -278,7 +352,8 @@ class Worker:
             code = self.process.wait()
         self._close()
         if code < 0:
-            return f"signal: {signal.Signals(-code).name.lower().removeprefix('sig')}"
+            name = signal.Signals(-code).name
+            return f"signal: {_SIGNAL_WORDS.get(name, name.lower().removeprefix('sig'))}"
         return f"exit status {code}"
 
     def max_memory_mb(self) -> int:
@@ -295,6 +370,12 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill_for_memory(self) -> None:
+        """Over its memory: killed at once, as Lambda does (the caller sees it die)."""
+        self.out_of_memory = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -324,9 +405,12 @@ class WorkerPool:
         endpoints: dict[str, str],
         credentials: Credentials,
         sink: LogSink,
+        host: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.spec = spec
         self.files = files
+        self.host = host  # the environment of a new worker's host
+        self.hosts: dict[str, int] = {}  # workers started, by host (`hosts=mixed`)
         self.size = max(1, size)
         self.endpoints = endpoints
         self.credentials = credentials
@@ -363,9 +447,15 @@ class WorkerPool:
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+        host = self.host()
         try:
             worker = Worker(
-                self.spec, self.files, self.endpoints, self.credentials(self.spec), self.sink
+                self.spec,
+                self.files,
+                self.endpoints,
+                self.credentials(self.spec),
+                self.sink,
+                host,
             )
         except BaseException:
             with self._cond:
@@ -374,6 +464,9 @@ class WorkerPool:
             raise
         with self._cond:
             self._all.add(worker)
+            if host:
+                label = "/".join(f"{k}={v}" for k, v in sorted(host.items()))
+                self.hosts[label] = self.hosts.get(label, 0) + 1
         self.spawned += 1
         return worker
 

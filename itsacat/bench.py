@@ -277,7 +277,7 @@ def embedded_stack(workers: int = 4) -> Iterator[Any]:
     from itsacat import target
 
     with tempfile.TemporaryDirectory(prefix="itsacat-bench-") as home:
-        info = stack.start(Path(home), config=RuntimeConfig(workers=workers, schedule_scale=0))
+        info = stack.start(Path(home), config=RuntimeConfig(workers=workers, schedules=False))
         try:
             target.use(info.env())
             yield info

@@ -40,20 +40,38 @@ def register(sub: Any) -> None:
         help="warm worker processes per function, at most (default: 4)",
     )
     up.add_argument(
-        "--schedule-scale",
-        type=float,
-        default=1 / 6,
-        help="scheduled rules fire at their rate times this factor "
-        "(default 1/6: rate(1 minute) every 10 s; 0 turns schedules off)",
+        "--time-scale",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help="AWS's clocks run F times as long: the waits before asynchronous retries (1 and "
+        "2 minutes on AWS), the watchdog's rate (1 minute), the trainer's lease (60 s) and "
+        "commit interval, the SQS visibility timeout, the throttle back-off; 1 is AWS's own "
+        "pace (default: 1/15, a minute lasts 4 s). A fraction such as 1/60 is accepted",
+    )
+    up.add_argument(
+        "--account-concurrency",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="the account's Lambda concurrency limit: invocations beyond N in flight are "
+        "throttled (429), as on AWS (default: 1000, AWS's default; new accounts often get "
+        "far less)",
+    )
+    up.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="never fire the template's scheduled rules (the watchdog), e.g. for benchmarks",
     )
     up.add_argument("--email", default="", help="e-mail subscription for the notification topic")
     up.add_argument(
         "--faults",
         metavar="SPEC",
         default="",
-        help="inject faults into invocations, e.g. "
+        help="inject faults, e.g. "
         "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.05,throttle=0.1,"
-        "delay_ms=0-200,s3_duplicate=0.5,seed=7 (probabilities per invocation; "
+        "redeliver=0.1,ambiguous=0.1,unprocessed=0.1,hosts=mixed,delay_ms=0-200,"
+        "s3_duplicate=0.5,seed=7 (probabilities per invocation or per request; "
         "see the README's Reliability section)",
     )
     up.add_argument(
@@ -112,8 +130,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
-    if args.schedule_scale < 0:
-        raise UserError("--schedule-scale must not be negative")
+    if args.account_concurrency < 1:
+        raise UserError("--account-concurrency must be at least 1")
     from embedded.faults import FaultPlan
     from embedded.stack import info as recorded
     from embedded.stack import restart_runtime
@@ -123,7 +141,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(f"--faults: {e}") from e
     config = RuntimeConfig(
-        workers=args.workers, schedule_scale=args.schedule_scale, faults=args.faults
+        workers=args.workers,
+        faults=args.faults,
+        schedules=not args.no_schedules,
+        account_concurrency=args.account_concurrency,
+        **({"time_scale": args.time_scale} if args.time_scale is not None else {}),
     )
     parameters = _parameters(args.parameter)
     if args.email:
@@ -164,6 +186,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     _describe(info)
     print('\nNext: eval "$(itsacat env)"   then e.g.  aws s3 ls s3://$ITSACAT_BUCKET')
     return 0
+
+
+def _fraction(text: str) -> float:
+    """A positive number, written as a decimal or a fraction (`1/60`)."""
+    top, sep, bottom = text.partition("/")
+    try:
+        value = float(top) / float(bottom) if sep else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
 
 
 def _parameters(items: list[str]) -> dict[str, str]:
@@ -247,12 +281,46 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {name:<32} {counters['requests']:>6} {counters['executions']:>6} "
                 f"{counters['errors']:>6} {counters['retries']:>6}   {counters['workers']} warm"
             )
+        _print_faults(stats)
         relay = stats.get("relay", {})
         delivered, failed = relay.get("delivered", 0), relay.get("failed", 0)
         print(f"\nS3 notifications delivered: {delivered}, failed: {failed}")
     if not running:
         print("\nA process died; `itsacat down` clears it away, `itsacat up` starts afresh.")
     return 0 if running else 1
+
+
+# Runtime counters of what AWS does to invocations (injected or from the limits), by name.
+_RUNTIME_EVENTS = (
+    ("throttles", "throttled"),
+    ("duplicates", "duplicated"),
+    ("redeliveries", "redelivered"),
+    ("crashes", "crashed"),
+    ("timeouts", "timed out"),
+    ("out_of_memory", "out of memory"),
+    ("response_too_large", "response too large"),
+    ("expired", "expired"),
+)
+
+
+def _print_faults(stats: dict[str, Any]) -> None:
+    """What happened to invocations, beyond running: throttles, duplicates, crashes..."""
+    totals = {key: 0 for key, _ in _RUNTIME_EVENTS}
+    for counters in stats.get("functions", {}).values():
+        for key in totals:
+            totals[key] += int(counters.get(key, 0))
+    happened = [f"{label} {totals[key]}" for key, label in _RUNTIME_EVENTS if totals[key]]
+    if happened:
+        print(f"\ninvocations {', '.join(happened)}")
+    concurrency = stats.get("concurrency")
+    if concurrency:
+        print(
+            f"concurrency: peak {concurrency['peak']} of the account's "
+            f"{concurrency['account_limit']}"
+        )
+    hosts = stats.get("hosts")
+    if hosts:
+        print("worker hosts: " + ", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())))
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -268,6 +336,15 @@ def cmd_env(args: argparse.Namespace) -> int:
     for name, value in stack.env().items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
+
+
+def _clocks(config: dict[str, Any]) -> str:
+    """The stack's clocks and concurrency limit, in a line."""
+    scale = float(config.get("time_scale", 1.0))
+    minute = f"a minute lasts {60 * scale:g} s" if scale != 1 else "AWS's own pace"
+    schedules = "" if config.get("schedules", True) else ", schedules off"
+    concurrency = config.get("account_concurrency", 1000)
+    return f"time scale {scale:.4g} ({minute}{schedules}); account concurrency {concurrency}"
 
 
 def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
@@ -299,6 +376,7 @@ def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
             f"{info.lambda_url}  (pid {info.runtime_pid}, up to {info.config.get('workers')} "
             f"warm workers per function){alive('runtime')}",
         ),
+        ("clocks", _clocks(info.config)),
         ("bucket", outputs.get("BucketName", "?")),
         ("tables", tables),
         ("topic", outputs.get("TopicArn", "?")),

@@ -24,9 +24,10 @@ from tests.e2e.conftest import SMALL, Stack, use_stack
 ROOT = Path(__file__).resolve().parents[2]
 ITSACAT = [sys.executable, "-m", "itsacat.cli"]
 TEMPLATE = (ROOT / "templates" / "template.yaml").read_text()
-# The watchdog re-drives a failing trainer every second; ten re-drives and the run is FAILED.
-FAST = ["--schedule-scale", str(1 / 60)]
-FAST_PARAMETERS = ["LeaseSeconds=1", "CommitSeconds=0.2", "TrainerTimeout=20"]
+# A minute lasts a second: the watchdog re-drives a failing trainer every second (its lease
+# is a second too); ten re-drives and the run is FAILED.
+FAST = ["--time-scale", "1/60"]
+FAST_PARAMETERS = ["TrainerTimeout=20"]
 
 
 def without(statement_sid: str, role: str, action: str) -> str:

@@ -18,8 +18,10 @@ from state import clients
 from state.runs import SUCCEEDED
 from tests.e2e.conftest import SMALL, Stack, assert_equals_reference, use_stack, worker_pids
 
-PARAMETERS = {"TrainerTimeout": "6", "LeaseSeconds": "1", "CommitSeconds": "0.2"}
-CONFIG = RuntimeConfig(workers=3, retry_delays_s=(0.05, 0.1), schedule_scale=1 / 60)
+PARAMETERS = {"TrainerTimeout": "6"}
+# AWS's clocks, a minute lasting 1 s: lease 1 s, commits every 1/6 s, the watchdog every
+# second, retries after 1 and 2 s.
+CONFIG = RuntimeConfig(workers=3, time_scale=1 / 60)
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_up_up_status_env_down_down(tmp_path: Path) -> None:
     status = itsacat(home, "status")
     assert status.returncode == 1 and "not running" in status.stdout
 
-    up = itsacat(home, "up", "--workers", "2", "--schedule-scale", "0")
+    up = itsacat(home, "up", "--workers", "2", "--no-schedules")
     assert up.returncode == 0, up.stderr
     assert "is up" in up.stdout and "ITSACAT_BUCKET" in up.stdout
     state = json.loads((home / "stack.json").read_text())

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from embedded.deploy import load_template
 from embedded.stack import TEMPLATE, StackInfo
-from embedded.testing import stats, wait_for
+from embedded.testing import TEST_CONFIG, stats, wait_for
 from tests.support.stack_clients import client
 
 FIXTURES = "itsacat-fixtures"
@@ -182,6 +183,7 @@ def test_an_event_invocation_that_fails_is_retried_twice_then_sent_to_its_destin
     tag = uuid.uuid4().hex
     name = f"{FIXTURES}-fail"
     before = function_stats(embedded_stack, name)
+    sent = time.monotonic()
     response = client(embedded_stack, "lambda").invoke(
         FunctionName=name, InvocationType="Event", Payload=json.dumps({"tag": tag}).encode()
     )
@@ -198,7 +200,9 @@ def test_an_event_invocation_that_fails_is_retried_twice_then_sent_to_its_destin
                 return body  # type: ignore[no-any-return]
         return None
 
-    body = wait_for(record, timeout_s=15)
+    body = wait_for(record, timeout_s=60)
+    # The retries came after AWS's waits (1 and 2 minutes), on the stack's clock.
+    assert time.monotonic() - sent >= sum(TEST_CONFIG.retry_delays_s)
     assert body["requestContext"]["condition"] == "RetriesExhausted"
     assert body["requestContext"]["approximateInvokeCount"] == 3
     assert body["responseContext"]["functionError"] == "Unhandled"

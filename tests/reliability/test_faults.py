@@ -32,14 +32,12 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         "up",
         "--faults",
         FAULTS,
-        "--schedule-scale",
-        str(1 / 12),
+        "--time-scale",
+        "1/12",
         "--parameter",
         "TrainerTimeout=10",
         "--parameter",
         "NeuronTimeout=2",
-        "--parameter",
-        "LeaseSeconds=10",
     )
     try:
         assert up.returncode == 0, up.stderr

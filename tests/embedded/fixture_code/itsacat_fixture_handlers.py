@@ -23,7 +23,9 @@ def echo(event, context):
         "log_stream_name": context.log_stream_name,
         "remaining_ms": context.get_remaining_time_in_millis(),
         "env": {
-            k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FIXTURE_", "LAMBDA_"))
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("AWS_", "FIXTURE_", "LAMBDA_", "OPENBLAS_"))
         },
         "sys_path": sys.path,
         "cwd": os.getcwd(),
@@ -48,3 +50,17 @@ def log(event, context):
 
 def crash(event, context):
     os._exit(3)
+
+
+def allocate(event, context):
+    """Holds `mb` MiB of touched memory for a moment (a bytearray's pages are written)."""
+    block = bytearray(int(event["mb"]) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(float(event.get("hold_s", 0.2)))
+    return {"allocated_mb": event["mb"]}
+
+
+def big_response(event, context):
+    """A response of `bytes` bytes (a JSON string of that length, quotes included)."""
+    return "x" * (int(event["bytes"]) - 2)
