@@ -23,8 +23,8 @@ and, in the emulator (`embedded.storage_faults`), per request a function makes:
 and for the whole stack:
 
   hosts=mixed   workers differ as Lambda hosts do: each gets its own OpenBLAS kernel
-                (`OPENBLAS_CORETYPE`) and thread count, so a recomputed step may differ
-                from the first computation in its last bits
+                (`OPENBLAS_CORETYPE`) and, on a machine with the cores, thread count, so a
+                recomputed step may differ from the first computation in its last bits
 
 The default plan injects nothing. A plan is built from a spec such as
 `duplicate=0.1,crash_before=0.1,throttle=0.1,delay_ms=0-200,s3_duplicate=0.5,seed=7`
@@ -33,6 +33,7 @@ The default plan injects nothing. A plan is built from a spec such as
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from dataclasses import dataclass
@@ -67,6 +68,15 @@ def host_kernels() -> tuple[str, ...]:
     kernels = _ARM_KERNELS if "asimd" in flags else _X86_KERNELS
     usable = tuple(name for name, flag in kernels if flag in flags)
     return usable or (kernels[-1][0],)
+
+
+def host_max_threads() -> int:
+    """The most BLAS threads a mixed host gets: 2 where the machine has the cores for it
+    (8 or more), else 1. The thread count changes bits too (a probe: W·X on the Nehalem
+    kernel), but OpenBLAS threads spin while they wait, and several workers with two
+    threads each on a 2-core machine made a 12 ms product take 200-450 ms and neuron
+    invocations run into their timeout: the kernels alone already vary the bits."""
+    return 2 if (os.cpu_count() or 1) >= 8 else 1
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class FaultPlan:
             return {}
         with self._lock:
             kernel = self._random.choice(host_kernels())
-            threads = self._random.choice((1, 2))
+            threads = self._random.randint(1, host_max_threads())
         return {"OPENBLAS_CORETYPE": kernel, "OPENBLAS_NUM_THREADS": str(threads)}
 
     def decide(self, function: str, invocation_type: str) -> Faults:

@@ -123,7 +123,9 @@ class Runs:
             time.sleep(0.3)
         raise UserError(
             f"no run appeared for s3 key {key} within {timeout_s:.0f} s: is the stack's "
-            "launch function running? (`itsacat status`, `itsacat logs launch`)"
+            "launch function running? (`itsacat status`, `itsacat logs launch`). A launch "
+            "that failed is tried again after the training-input queue's visibility timeout "
+            "(6 minutes on AWS); `itsacat runs` lists the run once it starts"
         )
 
     def wait(self, run_id: str, show: bool = True, poll_s: float = 0.5) -> Run:

@@ -29,4 +29,4 @@ def upload_dataset(env: dict[str, str], path: Path, params: Parameters) -> tuple
         objects.put(key, body)
     except (StateError, OSError) as e:
         raise UserError(f"upload failed: {e}") from e
-    return Runs(env).find_by_key(key, timeout_s=60), key
+    return Runs(env).find_by_key(key, timeout_s=120), key

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from embedded.faults import FaultPlan, host_kernels
+from embedded.faults import FaultPlan, host_kernels, host_max_threads
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
 from embedded.testing import running_stack, stats, wait_for
@@ -88,7 +88,7 @@ def test_mixed_hosts_give_workers_different_blas_kernels(unkind_stack: StackInfo
         lam.invoke(FunctionName=f"{FIXTURE_STACK}-echo", Payload=b"{}")["Payload"].read()
     )
     assert echo["env"]["OPENBLAS_CORETYPE"] in host_kernels()
-    assert echo["env"]["OPENBLAS_NUM_THREADS"] in ("1", "2")
+    assert 1 <= int(echo["env"]["OPENBLAS_NUM_THREADS"]) <= host_max_threads()
 
 
 _PRODUCT = """
