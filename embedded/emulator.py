@@ -12,6 +12,8 @@ A few small patches bring moto closer to AWS where the stack depends on it:
   so a handler can tell one upload of a key from the next; keys keep their slashes.
 - moto never tries to run Lambda code itself (it would need Docker): the SQS event source
   mappings the template declares are executed by the embedded relay instead.
+- DynamoDB's limits that moto lacks (batch and transaction sizes, item size as AWS counts
+  it) and the storage faults of `--faults`: `embedded.storage_faults`.
 
 Requests signed with credentials of an assumed role (the functions' execution roles) are
 authorised against the role's IAM policies on the real action and resource, as AWS does;
@@ -22,6 +24,12 @@ For the benchmark, `RequestCounter` counts the requests that Lambda functions ma
 botocore user agent carries `exec-env/AWS_Lambda_...`, as on AWS), by service and operation,
 with the bytes they move; `GET /_itsacat/requests` returns the counts. Requests from the
 command line and the runtime's own log shipping are not counted.
+
+With `--state-dir`, the data (objects, items, log events, queued messages) is kept there
+across restarts (`embedded.persistence`): `POST /_itsacat/restore` puts the saved data into
+the stacks just created and starts saving; after that, a request that may change data
+(anything but GET/HEAD and Get/List/Describe/Query/Scan-like operations) marks it for the
+next snapshot, taken at most every 2 s, and a last one is taken on SIGTERM.
 
 Run as `python -m embedded.emulator --port N --ready-file PATH`; the actual port is
 written to the ready file once the server listens (port 0 picks a free one).
@@ -40,16 +48,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-from embedded import authorization
+from embedded import authorization, persistence
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _LONG_POLL_STEP_S = 0.1
 COUNTS_PATH = "/_itsacat/requests"
+RESTORE_PATH = "/_itsacat/restore"
+# Operations that only read (a conservative list: anything else counts as a change).
+_READ_PREFIXES = ("Get", "List", "Describe", "Query", "Scan", "BatchGet", "Head", "Filter")
 _S3_BUCKET_OPS = {"GET": "ListObjects", "PUT": "CreateBucket", "HEAD": "HeadBucket"}
 _S3_KEY_OPS = {
     "GET": "GetObject",
@@ -109,10 +121,11 @@ class RequestCounter:
 class SerialisedApp:
     """WSGI middleware: one request at a time into moto, the response body read inside the lock."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, state_dir: str | None = None) -> None:
         self.app = app
         self.lock = threading.Lock()
         self.counter = RequestCounter()
+        self.saver = persistence.Saver(Path(state_dir), self.lock) if state_dir else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == COUNTS_PATH and environ.get("REQUEST_METHOD") == "GET":
@@ -124,6 +137,8 @@ class SerialisedApp:
             and environ.get("REQUEST_METHOD") == "POST"
         ):
             return self._authorize(environ, start_response)
+        if environ.get("PATH_INFO") == RESTORE_PATH and environ.get("REQUEST_METHOD") == "POST":
+            return self._restore(start_response)
         if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
             return self._receive_message(environ, start_response)
         form = None
@@ -131,7 +146,11 @@ class SerialisedApp:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             form = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(form)
-        status, headers, body = self._call_locked(environ)
+        try:
+            status, headers, body = self._call_locked(environ)
+        finally:
+            if self.saver is not None and _may_change_data(environ, form):
+                self.saver.changed()
         self.counter.add(environ, form, len(body))
         start_response(status, headers)
         return [body]
@@ -146,6 +165,16 @@ class SerialisedApp:
             [("Content-Type", "application/json")],
         )
         return [json.dumps(answer).encode()]
+
+    def _restore(self, start_response: StartResponse) -> Iterable[bytes]:
+        """Put the saved data into the stacks just created (`embedded.persistence`)."""
+        try:
+            restored = self.saver.restore() if self.saver is not None else None
+        except persistence.SnapshotError as e:
+            start_response("500 Internal Server Error", [("Content-Type", "application/json")])
+            return [json.dumps({"error": str(e)}).encode()]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"restored": restored.to_json() if restored else None}).encode()]
 
     def _call_locked(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: dict[str, Any] = {}
@@ -187,9 +216,17 @@ class SerialisedApp:
             attempt["wsgi.input"] = io.BytesIO(raw)
             status, headers, body = self._call_locked(attempt)
             if not status.startswith("200") or time.monotonic() >= deadline or _has_messages(body):
+                if self.saver is not None and _has_messages(body):
+                    self.saver.changed()  # receive counts and visibility changed
                 start_response(status, headers)
                 return [body]
             time.sleep(_LONG_POLL_STEP_S)
+
+
+def _may_change_data(environ: dict[str, Any], body: bytes | None) -> bool:
+    if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+        return False
+    return not operation(environ, body)[1].startswith(_READ_PREFIXES)
 
 
 def _has_messages(body: bytes) -> bool:
@@ -237,8 +274,12 @@ def make_app(faults: str = "", state_dir: str | None = None) -> SerialisedApp:
     restarts (`embedded.persistence`), None for none."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from embedded.faults import FaultPlan
+    from embedded.storage_faults import StorageFaults
+
     patch_moto()
-    return SerialisedApp(DomainDispatcherApplication(create_backend_app))
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    return SerialisedApp(StorageFaults(moto_app, FaultPlan.parse(faults)), state_dir)
 
 
 def serve(
@@ -259,9 +300,8 @@ def serve(
     # AWS's managed policies exist in every account (SAM attaches AWSLambdaBasicExecutionRole
     # to the roles it generates); moto loads them only when asked.
     os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
-    server = make_server(
-        host, port, make_app(faults, state_dir), threaded=True, request_handler=Handler
-    )
+    app = make_app(faults, state_dir)
+    server = make_server(host, port, app, threaded=True, request_handler=Handler)
     os.environ["MOTO_PORT"] = str(server.server_port)  # moto builds some URLs from it
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     if ready_file:
@@ -271,6 +311,8 @@ def serve(
         os.replace(tmp, ready_file)
     print(f"emulator listening on http://{host}:{server.server_port}", flush=True)
     server.serve_forever()
+    if app.saver is not None:
+        app.saver.close()  # stopped (SIGTERM): the last snapshot
 
 
 def main(argv: list[str] | None = None) -> int:

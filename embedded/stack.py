@@ -7,6 +7,11 @@ records ports, process ids and resource names in `$ITSACAT_HOME/stack.json` (def
 `~/.itsacat`). `stop()` stops exactly those processes, by the ids recorded there, after
 checking that each id still belongs to the process it started. `StackInfo.env()` gives the
 environment that points boto3 and the AWS CLI at the stack.
+
+The emulator keeps its data (objects, items, log events, queued messages) in
+`$ITSACAT_HOME/state` (`embedded.persistence`): `start()` creates the stacks, then has the
+emulator put the saved data back into them before the runtime starts, so runs, models and
+logs survive `stop()`, a reboot and a crash. `wipe_data()` deletes it.
 """
 
 from __future__ import annotations
@@ -16,18 +21,20 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedded import lambda_files
+from embedded import lambda_files, persistence
 from embedded.deploy import REGION, DeployedStack, DeployError, api_role_template, create_stack
 from embedded.gaps import Clients
 from embedded.invocations import RuntimeConfig
@@ -37,6 +44,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = PROJECT_ROOT / "templates" / "template.yaml"
 STACK_NAME = "itsacat"
 _STATE = "stack.json"
+DATA_DIR = "state"  # the emulator's saved data, under the home
 _READY_TIMEOUT_S = 60.0
 
 # Template output -> environment variable of `itsacat env` (and the functions' own names).
@@ -79,6 +87,7 @@ class StackInfo:
     outputs: dict[str, str]
     stacks: list[dict[str, Any]] = field(default_factory=list)
     api_role_arn: str = ""  # the prediction API's role (`itsacat serve` takes it)
+    restored: dict[str, Any] | None = None  # what start() put back (`persistence.Restored`)
 
     @property
     def bucket(self) -> str:
@@ -289,13 +298,17 @@ def start(
         logs.mkdir(exist_ok=True)
         for stale in ("emulator.ready", "runtime.ready", "runtime.json", _STATE):
             (home / stale).unlink(missing_ok=True)
+        try:  # a damaged snapshot is told before anything starts
+            persistence.check(home / DATA_DIR / persistence.SNAPSHOT_FILE)
+        except persistence.SnapshotError as e:
+            raise StackError(_damaged(str(e))) from e
         started: list[subprocess.Popen[bytes]] = []
         try:
             emulator = _spawn(
                 "embedded.emulator",
                 [
                     *("--port", str(port or 0), "--ready-file", str(home / "emulator.ready")),
-                    *("--state-dir", str(home / "state")),
+                    *("--state-dir", str(home / DATA_DIR)),
                     *(("--faults", config.faults) if config.faults else ()),
                 ],
                 logs / "emulator.log",
@@ -332,6 +345,7 @@ def start(
                 )
                 if name == stack_name:  # the prediction API's role, from its own template
                     stacks.append(_create_api_role(clients, build, stack_name, stacks[0]))
+            restored = _restore(emulator_url)
             (home / "runtime.json").write_text(
                 json.dumps(
                     {
@@ -371,11 +385,47 @@ def start(
                 {"name": s.name, "template": s.template_path, "not_emulated": s.not_emulated}
                 for s in stacks
             ],
+            restored=restored,
         )
         state = home / _STATE
         state.with_suffix(".tmp").write_text(json.dumps(asdict(result), indent=1))
         state.with_suffix(".tmp").replace(state)
         return result
+
+
+def _restore(emulator_url: str) -> dict[str, Any] | None:
+    """Have the emulator put the saved data into the stacks just created (and start saving);
+    what it restored (`persistence.Restored` as JSON), None when nothing was saved yet."""
+    request = urllib.request.Request(f"{emulator_url}/_itsacat/restore", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=_READY_TIMEOUT_S) as response:
+            restored: dict[str, Any] | None = json.load(response)["restored"]
+            return restored
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.load(e)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = f"the emulator could not restore the saved data (HTTP {e.code})"
+        raise StackError(_damaged(message)) from e
+
+
+def _damaged(message: str) -> str:
+    return f"{message}; `itsacat down --wipe` deletes the saved data (then `up` starts empty)"
+
+
+def wipe_data(home: Path | None = None) -> Path | None:
+    """Delete the emulator's saved data in `home`; the directory deleted, None if there was
+    none. Raises StackError while the emulator runs (it would save again)."""
+    home = (home or default_home()).resolve()
+    with _locked(home):
+        existing = info(home)
+        if existing is not None and existing.processes()["emulator"]:
+            raise StackError("the emulator is running; stop it first (`itsacat down --wipe`)")
+        directory = home / DATA_DIR
+        if not directory.exists():
+            return None
+        shutil.rmtree(directory)
+        return directory
 
 
 def restart_runtime(home: Path | None = None) -> StackInfo:
@@ -394,7 +444,10 @@ def restart_runtime(home: Path | None = None) -> StackInfo:
             raise StackError(f"no embedded stack is recorded in {home}")
         alive = existing.processes()
         if not alive["emulator"]:
-            raise StackError("the emulator is not running; its state is lost, start afresh")
+            raise StackError(
+                "the emulator is not running; `itsacat up` starts the stack again "
+                f"from the data saved in {home / DATA_DIR}"
+            )
         if alive["runtime"]:
             raise AlreadyRunning(existing)
         # Workers of the dead runtime share its process group: make sure none is left.

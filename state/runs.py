@@ -27,7 +27,15 @@ PREPARING, TRAINING, SUCCEEDED, FAILED, CANCELLED = (
 )
 ACTIVE = (PREPARING, TRAINING)
 # Counters a run keeps of what it absorbed; the lease holder adds to them at each commit.
-COUNTERS = ("invocations", "retries", "throttles", "duplicates", "redrives", "handovers")
+COUNTERS = (
+    "invocations",
+    "retries",
+    "throttles",
+    "duplicates",
+    "redrives",
+    "handovers",
+    "unprocessed",  # BatchWriteItem items DynamoDB left unprocessed, sent again
+)
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from state import clients
 from state.costs import CostStore
 from state.errors import Conflict
 from state.functions import Functions
@@ -252,7 +253,11 @@ class Coordinator:
                     "partial_n": st.partial_n,
                     "heartbeat": time.time(),
                 },
-                counters={**self.invoker.counters.take(), **(counters or {})},
+                counters={
+                    **self.invoker.counters.take(),
+                    "unprocessed": clients.UNPROCESSED.take(),
+                    **(counters or {}),
+                },
                 lease_seconds=self.cfg.lease_seconds,
                 release=release,
             )

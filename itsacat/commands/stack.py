@@ -26,7 +26,10 @@ def register(sub: Any) -> None:
             "(AWS's runtime interface client, under the function's own IAM role, enforced), "
             "feeds S3 uploads under training_input/ to the "
             "launch function, fires the watchdog schedule and ships function logs to CloudWatch "
-            'Logs. Returns once everything answers. Then: eval "$(itsacat env)".'
+            "Logs. The data of the previous `itsacat up` (objects, table items, logs, queued "
+            "messages, saved in <home>/state) is put back before the functions start, so runs "
+            "and models are still there. "
+            'Returns once everything answers. Then: eval "$(itsacat env)".'
         ),
     )
     up.add_argument("--port", type=int, help="emulator port (default: a free one)")
@@ -95,9 +98,18 @@ def register(sub: Any) -> None:
 
     down = sub.add_parser(
         "down",
-        help="stop the embedded stack",
+        help="stop the embedded stack (its data is kept for the next `itsacat up`)",
         description="Stop the processes `itsacat up` started (by their recorded ids). "
-        "The emulator's data is lost; logs stay in <home>/logs.",
+        "The emulator's data (objects, table items, logs, queued messages) is kept in "
+        "<home>/state and the next `itsacat up` puts it back; it is saved every 2 s, so even "
+        "after a crash only the last seconds are lost. Logs of the processes stay in "
+        "<home>/logs.",
+    )
+    down.add_argument(
+        "--wipe",
+        action="store_true",
+        help="also delete the saved data (all runs, models and logs): the next `itsacat up` "
+        "starts empty",
     )
     down.add_argument("--home", type=Path, help=_HOME_HELP)
     down.set_defaults(func=cmd_down)
@@ -183,6 +195,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except StackError as e:
         raise UserError(str(e)) from e
     print(f"embedded stack `{info.stack_name}` is up ({time.monotonic() - began:.1f} s)")
+    if info.restored:
+        from embedded.persistence import Restored
+
+        print(Restored(**info.restored).summary())
     _describe(info)
     print('\nNext: eval "$(itsacat env)"   then e.g.  aws s3 ls s3://$ITSACAT_BUCKET')
     return 0
@@ -224,13 +240,14 @@ def _parameters(items: list[str]) -> dict[str, str]:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from embedded.stack import StackError, stop
+    from embedded.stack import DATA_DIR, StackError, default_home, stop, wipe_data
     from itsacat import background
 
     for name in background.stop_all(args.home):
         print(f"stopped the demo's {name} server")
     try:
         stopped = stop(args.home)
+        wiped = wipe_data(args.home) if args.wipe else None
     except StackError as e:
         raise UserError(str(e)) from e
     if stopped is None:
@@ -240,6 +257,13 @@ def cmd_down(args: argparse.Namespace) -> int:
             f"stopped the embedded stack (runtime pid {stopped.runtime_pid}, "
             f"emulator pid {stopped.emulator_pid})"
         )
+    data = (args.home or default_home()).resolve() / DATA_DIR
+    if wiped is not None:
+        print(f"deleted the saved data in {wiped}; the next `itsacat up` starts empty")
+    elif args.wipe:
+        print(f"no saved data in {data}")
+    elif stopped is not None:
+        print(f"its data is kept in {data} for the next `itsacat up` (`--wipe` deletes it)")
     return 0
 
 
@@ -264,10 +288,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             stats = stack.stats()
         except OSError:
             stats = None
+    faults = _storage_faults(stack.emulator_url) if processes["emulator"] else None
     if args.json:
         print(
             json.dumps(
-                {"running": running, "processes": processes, "env": stack.env(), "stats": stats}
+                {
+                    "running": running,
+                    "processes": processes,
+                    "env": stack.env(),
+                    "stats": stats,
+                    "storage_faults": faults,
+                }
             )
         )
         return 0 if running else 1
@@ -285,8 +316,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         relay = stats.get("relay", {})
         delivered, failed = relay.get("delivered", 0), relay.get("failed", 0)
         print(f"\nS3 notifications delivered: {delivered}, failed: {failed}")
+    if faults and (faults.get("ambiguous") or faults.get("unprocessed")):
+        ambiguous = sum(faults.get("ambiguous", {}).values())
+        unprocessed = sum(faults.get("unprocessed", {}).values())
+        print(
+            f"storage faults injected: ambiguous {ambiguous}, unprocessed {unprocessed} "
+            f"(items {faults.get('unprocessed_items', 0)})"
+        )
     if not running:
-        print("\nA process died; `itsacat down` clears it away, `itsacat up` starts afresh.")
+        print(
+            "\nA process died; `itsacat down` clears it away, `itsacat up` starts it again "
+            "with the saved data."
+        )
     return 0 if running else 1
 
 
@@ -321,6 +362,19 @@ def _print_faults(stats: dict[str, Any]) -> None:
     hosts = stats.get("hosts")
     if hosts:
         print("worker hosts: " + ", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())))
+
+
+def _storage_faults(emulator_url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """The storage faults the emulator injected (`GET /_itsacat/faults`), None if it
+    does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{emulator_url}/_itsacat/faults", timeout=timeout_s) as r:
+            answer: dict[str, Any] = json.load(r)
+            return answer
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -382,7 +436,7 @@ def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
         ("topic", outputs.get("TopicArn", "?")),
         ("functions", functions),
         *([("faults", info.config["faults"])] if info.config.get("faults") else []),
-        ("state", f"{info.home}  (logs in {info.home}/logs)"),
+        ("state", f"{info.home}  (logs in {info.home}/logs, data in {info.home}/state)"),
     ]
     for label, value in rows:
         print(f"  {label:<10} {value}")

@@ -10,6 +10,7 @@ the timeout fault holds the worker until the runtime kills it at the function's 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,15 @@ from embedded.stack import StackInfo, info, stop
 from tests.reliability.conftest import itsacat
 from tests.reliability.support import DATA_BYTES, PARAMS, Client, assert_equals_reference
 
-FAULTS = "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.1,throttle=0.1,seed=7"
+# Every kind of fault at once, on an account whose concurrency limit (10) is below the
+# first layer's fan-out (12), with AWS's clocks a twelfth as long (lease 5 s, retries after
+# 5 and 10 s, the watchdog every 5 s).
+FAULTS = (
+    "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.05,throttle=0.1,"
+    "ambiguous=0.1,unprocessed=0.1,redeliver=0.1,hosts=mixed,seed=7"
+)
 INJECTED = ("duplicates", "crashes", "timeouts", "throttles")
+FAULT_PARAMS = {**PARAMS, "neurons": {"layer1": 12, "layer2": 3, "layer3": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +42,8 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         FAULTS,
         "--time-scale",
         "1/12",
+        "--account-concurrency",
+        "10",
         "--parameter",
         "TrainerTimeout=10",
         "--parameter",
@@ -56,11 +66,11 @@ def test_a_run_under_faults_equals_the_reference_and_counts_them(
 ) -> None:
     dataset, params = tmp_path / "datasets.h5", tmp_path / "parameters.json"
     dataset.write_bytes(DATA_BYTES)
-    params.write_text(json.dumps(PARAMS))
+    params.write_text(json.dumps(FAULT_PARAMS))
     home = Path(faulty.home)
 
     trained = itsacat(
-        home, "train", str(dataset), "--params", str(params), "--wait", "--json", timeout_s=240
+        home, "train", str(dataset), "--params", str(params), "--wait", "--json", timeout_s=500
     )
     assert trained.returncode == 0, trained.stdout
     outcome = json.loads(trained.stdout)
@@ -69,16 +79,16 @@ def test_a_run_under_faults_equals_the_reference_and_counts_them(
     np.testing.assert_allclose(outcome["costs"], json.loads(ref.stdout)["costs"], rtol=1e-9)
 
     client = Client(faulty)
-    assert_equals_reference(client, outcome["run_id"], PARAMS)  # final parameters too
+    assert_equals_reference(client, outcome["run_id"], FAULT_PARAMS)  # final parameters too
 
     shown = itsacat(home, "runs", "show", outcome["run_id"], "--json")
     counters = json.loads(shown.stdout)["counters"]
     assert counters["retries"] > 0 and counters["throttles"] > 0, counters
-    # 3 epochs x 8 forward planned invocations (4 + 3 + 1 neurons; layer 1 is in the dual
+    # 3 epochs x 16 forward planned invocations (12 + 3 + 1 neurons; layer 1 is in the dual
     # form, the output neuron's backward pass rides on its forward one and layer 2's on its
     # next forward one), 3 more before each commit (at least one) for layer 2's pending
     # update, and one more for each retry and each throttled attempt
-    planned = 3 * 8 + 3
+    planned = 3 * 16 + 3
     assert counters["invocations"] >= planned + counters["retries"] + counters["throttles"]
 
     # Every kind of fault was injected into the functions the run used, and absorbed.
@@ -88,6 +98,15 @@ def test_a_run_under_faults_equals_the_reference_and_counts_them(
         assert neuron[name] > 0, (name, neuron)
     # (The trainer, launch and watchdog draw from the same plan; with a handful of
     # invocations each, whether one of theirs is hit varies with thread timing.)
+    runtime = faulty.stats()
+    assert sum(f.get("redeliveries", 0) for f in runtime["functions"].values()) > 0
+    assert 0 < runtime["concurrency"]["peak"] <= 10
+    assert len(runtime["hosts"]) > 1, runtime["hosts"]
+    storage = json.load(urllib.request.urlopen(f"{faulty.emulator_url}/_itsacat/faults"))
+    assert sum(storage["ambiguous"].values()) > 0 and storage["unprocessed_items"] > 0, storage
+    status = itsacat(home, "status")
+    assert "storage faults injected: ambiguous" in status.stdout, status.stdout
+    assert "redelivered" in status.stdout and "worker hosts" in status.stdout, status.stdout
 
 
 @pytest.mark.parametrize(
