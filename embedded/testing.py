@@ -18,9 +18,9 @@ from typing import Any
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
 
-# AWS's clocks at the default scale: a minute lasts 4 s (the trainer's lease, the watchdog's
+# AWS's clocks, a minute lasting 2 s (the trainer's lease, the watchdog's
 # rate, the waits before retries).
-TEST_CONFIG = RuntimeConfig(workers=4)
+TEST_CONFIG = RuntimeConfig(workers=4, time_scale=1 / 30)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,13 @@ NO_RETRY = {"total_max_attempts": 1}
 SPECS = ("", "ambiguous=1,seed=1", "unprocessed=1,seed=1", "unprocessed=0.5,seed=2")
 
 
+@pytest.fixture(autouse=True)
+def not_in_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing a Chalice app sets AWS_EXECUTION_ENV=AWS_Lambda... in the process (so that
+    botocore's user agent says Lambda): the "command line" clients here must not carry it."""
+    monkeypatch.delenv("AWS_EXECUTION_ENV", raising=False)
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], str]]:
     """`emulator(spec)`: the URL of the emulator started with `--faults spec`."""
@@ -90,7 +97,9 @@ def client(url: str, service: str, function: bool = True, retries: Any = None) -
     config = Config(
         user_agent_extra=FUNCTION_AGENT if function else None, retries=retries or ONE_RETRY
     )
-    return boto3.client(service, endpoint_url=url, region_name=REGION, config=config, **ADMIN)
+    # a session of its own: the default one may have been made while AWS_EXECUTION_ENV was set
+    session = boto3.session.Session()
+    return session.client(service, endpoint_url=url, region_name=REGION, config=config, **ADMIN)
 
 
 def new_table(url: str, range_key: bool = False) -> str:
