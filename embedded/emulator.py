@@ -29,7 +29,7 @@ With `--state-dir`, the data (objects, items, log events, queued messages) is ke
 across restarts (`embedded.persistence`): `POST /_itsacat/restore` puts the saved data into
 the stacks just created and starts saving; after that, a request that may change data
 (anything but GET/HEAD and Get/List/Describe/Query/Scan-like operations) marks it for the
-next snapshot, taken at most every 2 s, and a last one is taken on SIGTERM.
+next snapshot, taken at most every 5 s, and a last one is taken on SIGTERM.
 
 Run as `python -m embedded.emulator --port N --ready-file PATH`; the actual port is
 written to the ready file once the server listens (port 0 picks a free one).

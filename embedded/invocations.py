@@ -25,7 +25,7 @@ reference, https://docs.aws.amazon.com/lambda/latest/dg/API_Invoke.html):
 AWS's clocks run here multiplied by one factor, `RuntimeConfig.time_scale`: the waits before
 asynchronous retries (about 1 and 2 minutes on AWS), the throttle back-off, the maximum event
 age, the schedules' rates, the SQS visibility timeout; the stack scales the trainer's lease
-and commit interval with it (`embedded.stack`), so that these clocks keep AWS's order.
+with it (`embedded.stack`), so that these clocks keep AWS's order.
 A function's timeout is not scaled: it bounds computing, which runs at this machine's speed.
 """
 

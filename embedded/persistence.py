@@ -21,7 +21,7 @@ emulator takes a last one when it is stopped (SIGTERM). A snapshot is one point 
 across all services (an upload and the notification it queued are both in it, or neither
 is): under the emulator's request lock the process forks, and the child, a copy-on-write
 image of that instant, pickles and writes it (temporary file, fsync, `os.replace`) while
-the emulator serves on. A kill -9 thus loses the writes of the last ~2 s. Measured with
+the emulator serves on. A kill -9 thus loses the writes of the last ~5 s. Measured with
 `python bench/snapshot_lock.py` on this project's 2-core machine (40 MB of object
 versions, 3,000 items holding 12 MB of weights, 20,000 log events; a 57 MB snapshot): the
 lock is held 10 ms on a quiet machine and 15-30 ms with both cores busy, the snapshot is
@@ -54,7 +54,7 @@ from typing import Any, NoReturn
 from embedded.deploy import ACCOUNT_ID, DEPLOYMENT_BUCKET, REGION
 
 SNAPSHOT_FILE = "emulator-data.pickle"
-SNAPSHOT_PERIOD_S = 2.0
+SNAPSHOT_PERIOD_S = 5.0  # measured: every 2 s cost the default training about 10% of its time
 _FORMAT = 1
 _MAGIC = b"itsacat emulator data\n"
 

@@ -219,8 +219,9 @@ def _create_api_role(
 
 # Template parameters that are clocks of the protocol, kept in proportion to AWS's clocks
 # (`RuntimeConfig.time_scale`): the trainer's lease is a minute on AWS, as the watchdog's rate
-# and the wait before an asynchronous retry are.
-SCALED_PARAMETERS = ("LeaseSeconds", "CommitSeconds")
+# and the wait before an asynchronous retry are. `CommitSeconds` is not one: it is how much
+# work a crash may cost (and each commit writes a weight version), not a race with AWS.
+SCALED_PARAMETERS = ("LeaseSeconds",)
 
 
 def scaled_parameters(template: Path, given: dict[str, str], time_scale: float) -> dict[str, str]:

@@ -48,8 +48,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="F",
         help="AWS's clocks run F times as long: the waits before asynchronous retries (1 and "
-        "2 minutes on AWS), the watchdog's rate (1 minute), the trainer's lease (60 s) and "
-        "commit interval, the SQS visibility timeout, the throttle back-off; 1 is AWS's own "
+        "2 minutes on AWS), the watchdog's rate (1 minute), the trainer's lease (60 s), "
+        "the SQS visibility timeout, the throttle back-off; 1 is AWS's own "
         "pace (default: 1/15, a minute lasts 4 s). A fraction such as 1/60 is accepted",
     )
     up.add_argument(
@@ -101,7 +101,7 @@ def register(sub: Any) -> None:
         help="stop the embedded stack (its data is kept for the next `itsacat up`)",
         description="Stop the processes `itsacat up` started (by their recorded ids). "
         "The emulator's data (objects, table items, logs, queued messages) is kept in "
-        "<home>/state and the next `itsacat up` puts it back; it is saved every 2 s, so even "
+        "<home>/state and the next `itsacat up` puts it back; it is saved every 5 s, so even "
         "after a crash only the last seconds are lost. Logs of the processes stay in "
         "<home>/logs.",
     )

@@ -18,9 +18,9 @@ from state import clients
 from state.runs import SUCCEEDED
 from tests.e2e.conftest import SMALL, Stack, assert_equals_reference, use_stack, worker_pids
 
-PARAMETERS = {"TrainerTimeout": "6"}
-# AWS's clocks, a minute lasting 1 s: lease 1 s, commits every 1/6 s, the watchdog every
-# second, retries after 1 and 2 s.
+PARAMETERS = {"TrainerTimeout": "6", "CommitSeconds": "0.2"}
+# AWS's clocks, a minute lasting 1 s: lease 1 s, the watchdog every second, retries after 1
+# and 2 s.
 CONFIG = RuntimeConfig(workers=3, time_scale=1 / 60)
 
 

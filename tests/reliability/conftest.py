@@ -19,9 +19,10 @@ from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
 from tests.reliability.support import Client, stack
 
-STEADY_PARAMETERS: dict[str, str] = {}
-# AWS's clocks, a minute lasting 4 s: lease 4 s, commits every 2/3 s, a watchdog sweep every
-# 4 s, asynchronous retries after 4 and 8 s.
+# Commits at least every second, so that a kill finds committed steps to resume from.
+STEADY_PARAMETERS = {"CommitSeconds": "1"}
+# AWS's clocks, a minute lasting 4 s: lease 4 s, a watchdog sweep every 4 s, asynchronous
+# retries after 4 and 8 s.
 STEADY_CONFIG = RuntimeConfig(workers=4, time_scale=1 / 15)
 
 
