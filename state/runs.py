@@ -304,6 +304,31 @@ class RunStore(LazyClient):
             values={"#st": "status", ":training": TRAINING, ":me": owner},
         )
 
+    def redrive(
+        self, run_id: str, cursor: int, seen_stalls: int, stalls: int, now: float
+    ) -> Run:
+        """Count a re-drive of a stalled run: `stalls` in a row at `cursor` (`stall_cursor`);
+        `Conflict` unless the run is still TRAINING at `cursor` with an expired lease and the
+        stall count the caller saw (so that two sweeps re-drive one stall once)."""
+        return self._update(
+            run_id,
+            "re-drive run",
+            set_={"stall_cursor": cursor, "stalls": stalls, "updated": _iso(now)},
+            add={"redrives": 1},
+            condition=(
+                "#st = :training AND #cur = :cur AND (attribute_not_exists(lease_until) "
+                "OR lease_until < :now) AND (attribute_not_exists(stalls) OR stalls = :seen)"
+            ),
+            values={
+                "#st": "status",
+                "#cur": "cursor",
+                ":training": TRAINING,
+                ":cur": cursor,
+                ":now": now,
+                ":seen": seen_stalls,
+            },
+        )
+
     def release(self, run_id: str, owner: str, error: str) -> None:
         """Give up our lease after an error, noting it; a no-op if the lease is not ours."""
         with contextlib.suppress(Conflict):

@@ -1,12 +1,20 @@
-"""Lambda handler: re-drive runs whose trainer stopped heartbeating (scheduled)."""
+"""Lambda handler: re-drive runs whose trainer stopped heartbeating (scheduled).
+
+A run is given up (FAILED) only when its trainer stops `MAX_STALLS` times in a row at the
+same committed step: progress resets the count. On AWS an asynchronous retry of a crashed
+trainer arrives after its lease has expired (a minute or two later), so nearly every crash
+also costs a re-drive, and a budget over the run's whole life would fail a long run after
+ten transient failures spread over hours. `redrives` still counts them all, for the record.
+"""
 
 import time
 from typing import Any
 
+from state.errors import Conflict
 from trainer_lambdas import services
 from trainer_lambdas.payloads import TrainerEvent
 
-MAX_REDRIVES = 10
+MAX_STALLS = 10
 
 
 def sweep(now: float | None = None) -> dict[str, Any]:
@@ -21,12 +29,18 @@ def sweep(now: float | None = None) -> dict[str, Any]:
         quiet = float(run.get("heartbeat", 0)) < now - cfg.lease_seconds
         if not (expired and quiet):
             continue
-        if int(run.get("redrives", 0)) >= MAX_REDRIVES:
+        cursor = int(run.get("cursor", 0))
+        previous = int(run.get("stalls", 0))
+        stalls = previous + 1 if run.get("stall_cursor") == cursor else 1
+        if stalls > MAX_STALLS:
             reason = (
-                f"the trainer stopped {MAX_REDRIVES} times; last error: "
-                f"{run.get('last_error', 'none recorded')}"
+                f"the trainer stopped {MAX_STALLS} times in a row at step {cursor}; last "
+                f"error: {run.get('last_error', 'none recorded')}"
             )
-            s.runs.fail(run.run_id, reason)
+            try:
+                s.runs.fail(run.run_id, reason)
+            except Conflict:
+                continue  # it moved on (or ended) meanwhile
             s.notifier.publish(
                 f"itsacat: run {run.run_id} failed",
                 reason,
@@ -34,7 +48,12 @@ def sweep(now: float | None = None) -> dict[str, Any]:
             )
             failed.append(run.run_id)
             continue
-        s.runs.count(run.run_id, {"redrives": 1})
+        try:
+            # Conditional on what this sweep saw: a duplicate tick (same or not) that saw the
+            # same stall re-drives it once, and a run that moved on is left alone.
+            s.runs.redrive(run.run_id, cursor, previous, stalls, now)
+        except Conflict:
+            continue
         s.functions.start(cfg.trainer_function, TrainerEvent(run.run_id, "watchdog").to_dict())
         redriven.append(run.run_id)
     return {"redriven": redriven, "failed": failed}

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ITSACAT = [sys.executable, "-m", "itsacat.cli"]
 TEMPLATE = (ROOT / "templates" / "template.yaml").read_text()
 # A minute lasts a second: the watchdog re-drives a failing trainer every second (its lease
-# is a second too); ten re-drives and the run is FAILED.
+# is a second too); ten re-drives without progress and the run is FAILED.
 FAST = ["--time-scale", "1/60"]
 FAST_PARAMETERS = ["TrainerTimeout=20"]
 

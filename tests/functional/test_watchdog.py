@@ -1,0 +1,62 @@
+"""The watchdog's re-drives, over moto's in-process DynamoDB (issue 16, finding 1).
+
+On AWS an asynchronous retry of a crashed trainer comes a minute or two after the crash,
+after its lease has expired and the watchdog has re-driven the run: nearly every trainer
+crash also costs a re-drive. A run is therefore failed only when its trainer stops
+`MAX_STALLS` times in a row at the same committed step; progress resets the count.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from state.errors import Conflict
+from state.runs import FAILED, TRAINING
+from tests.functional.conftest import World
+from trainer_lambdas import services, watchdog
+
+
+@pytest.fixture
+def sweep(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setattr(services, "stores", lambda: world.stores)
+    monkeypatch.setattr(services, "config", lambda: world.cfg)
+    return world
+
+
+def _stalled_run(world: World, run_id: str) -> None:
+    runs = world.stores.runs
+    runs.create(run_id, {"params": {}})
+    runs.start(run_id, {"heartbeat": 0})  # no lease, no heartbeat: its trainer is gone
+
+
+def test_a_long_run_with_many_crashes_between_commits_is_not_failed(sweep: World) -> None:
+    _stalled_run(sweep, "r-long")
+    runs = sweep.stores.runs
+    for step in range(1, 3 * watchdog.MAX_STALLS):
+        assert watchdog.sweep() == {"redriven": ["r-long"], "failed": []}
+        # The re-driven trainer commits a step, then crashes: progress, then a stall again.
+        runs._update("r-long", "test: a commit", set_={"cursor": step, "lease_until": 0})
+    run = runs.get("r-long")
+    assert run.status == TRAINING
+    assert int(run.get("redrives")) == 3 * watchdog.MAX_STALLS - 1  # all of them, counted
+
+
+def test_a_run_stalled_at_one_step_is_failed_after_max_stalls(sweep: World) -> None:
+    _stalled_run(sweep, "r-stuck")
+    for _ in range(watchdog.MAX_STALLS):
+        assert watchdog.sweep()["redriven"] == ["r-stuck"]
+    assert watchdog.sweep() == {"redriven": [], "failed": ["r-stuck"]}
+    run = sweep.stores.runs.get("r-stuck")
+    assert run.status == FAILED
+    assert f"stopped {watchdog.MAX_STALLS} times in a row at step 0" in run.get("error")
+    assert len(sweep.functions.started) == watchdog.MAX_STALLS
+
+
+def test_two_sweeps_that_saw_the_same_stall_re_drive_it_once(sweep: World) -> None:
+    """A schedule tick delivered twice (same request id or not) sees the same run."""
+    _stalled_run(sweep, "r-dup")
+    runs = sweep.stores.runs
+    runs.redrive("r-dup", 0, 0, 1, now=10**10)
+    with pytest.raises(Conflict):
+        runs.redrive("r-dup", 0, 0, 1, now=10**10)  # the twin: it saw stalls=0 as well
+    assert int(runs.get("r-dup").get("redrives")) == 1
