@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient
-from state.errors import Conflict, NotFound, translate
+from state.errors import Conflict, NotFound, StateError, translate
 
 PREPARING, TRAINING, SUCCEEDED, FAILED, CANCELLED = (
     "PREPARING",
@@ -190,8 +190,34 @@ class RunStore(LazyClient):
         try:
             out = self.client.update_item(**kwargs)
         except (ClientError, BotoCoreError) as e:
-            raise translate(e, f"{what} (run {run_id})") from e
+            error = translate(e, f"{what} (run {run_id})")
+            if isinstance(error, Conflict) and _retried(e):
+                # An earlier attempt of this very request may have been applied and its
+                # answer lost (a 5xx, a dropped connection): botocore sent it again, and
+                # the copy failed its condition because the first one had succeeded.
+                applied = self._applied(run_id, set_ or {}, remove)
+                if applied is not None:
+                    return applied
+            raise error from e
         return Run({k: _plain(_de.deserialize(v)) for k, v in out["Attributes"].items()})
+
+    def _applied(self, run_id: str, set_: dict[str, Any], remove: tuple[str, ...]) -> Run | None:
+        """The run, if it holds exactly what an update of `set_`/`remove` wrote (read with a
+        consistent read); None if it does not. Every update here sets `updated` (to the
+        millisecond), and commits and heartbeats set times to the microsecond besides, so
+        another writer's update is not mistaken for ours."""
+        if "updated" not in set_:
+            return None
+        try:
+            run = self.get(run_id)
+        except StateError:
+            return None
+        for name, value in set_.items():
+            if run.get(name) != _plain(_de.deserialize(_ser.serialize(_dyn(value)))):
+                return None
+        if any(name in run.item for name in remove):
+            return None
+        return run
 
     def create(self, run_id: str, fields: dict[str, Any]) -> Run:
         """A new PREPARING run; `Conflict` if the run already exists."""
@@ -304,9 +330,7 @@ class RunStore(LazyClient):
             values={"#st": "status", ":training": TRAINING, ":me": owner},
         )
 
-    def redrive(
-        self, run_id: str, cursor: int, seen_stalls: int, stalls: int, now: float
-    ) -> Run:
+    def redrive(self, run_id: str, cursor: int, seen_stalls: int, stalls: int, now: float) -> Run:
         """Count a re-drive of a stalled run: `stalls` in a row at `cursor` (`stall_cursor`);
         `Conflict` unless the run is still TRAINING at `cursor` with an expired lease and the
         stall count the caller saw (so that two sweeps re-drive one stall once)."""
@@ -367,6 +391,12 @@ class RunStore(LazyClient):
             condition="(#st = :f OR #st = :c) AND attribute_exists(#cur)",
             values={"#st": "status", "#cur": "cursor", ":f": FAILED, ":c": CANCELLED},
         )
+
+
+def _retried(e: Exception) -> bool:
+    """Did botocore send the request more than once before this answer?"""
+    response = getattr(e, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) > 0
 
 
 def _iso(t: float) -> str:
