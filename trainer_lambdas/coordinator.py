@@ -8,6 +8,7 @@ is deterministic, so whoever recomputes a step computes the same numbers.
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -185,6 +186,8 @@ class Coordinator:
             y = data.y if idx is None else data.y[:, idx]
             inputs = replace(base, y=y, indices=None if idx is None else idx.tolist())
             result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred)
+            if not math.isfinite(result.cost):
+                return self._diverged(run_id, epoch, result.cost)
             st.weights, st.deferred = result.weights, result.deferred
             st.cursor += 1
             st.partial_sum += result.cost * y.shape[1]
@@ -213,6 +216,25 @@ class Coordinator:
             slowest_step = max(slowest_step, now - t0)
         weights = st.weights if basis is None else dual.primal(st.weights, basis, data.x)
         return self._finish(run, owner, st, p, data, weights)
+
+    def _diverged(self, run_id: str, epoch: int, cost: float) -> dict[str, Any]:
+        """A NaN or infinite cost: training cannot go on, and recomputing the step gives the
+        same cost, so the run ends FAILED at once (nothing is raised: nothing to retry)."""
+        reason = (
+            f"diverged at epoch {epoch} (cost is {cost}); try a smaller learning_rate "
+            "(or a threshold that stops it earlier)"
+        )
+        log.error("run diverged", extra={"run_id": run_id, "epoch": epoch})
+        try:
+            self.s.runs.fail(run_id, reason)
+        except Conflict:
+            return {"run_id": run_id, "outcome": "not-ours"}
+        self.s.notifier.publish(
+            f"itsacat: run {run_id} failed",
+            reason,
+            {"status": "FAILED", "run_id": run_id, "error": reason},
+        )
+        return {"run_id": run_id, "outcome": "diverged", "epoch": epoch}
 
     def _settle(
         self, st: _State, blocks: list[list[plan.Block]], inputs: fanout.StepInputs

@@ -1,13 +1,15 @@
 """Launch -> trainer -> neurons -> model, over moto: equal to the reference, exactly once."""
 
 import json
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from state.runs import FAILED, SUCCEEDED
 from tests.functional.conftest import InProcessInvoker, World
-from trainer_lambdas import datasets
+from trainer_lambdas import datasets, fanout
 from trainer_lambdas.coordinator import Coordinator
 from trainer_lambdas.launcher import Launcher
 from trainer_lambdas.nn import params as params_mod
@@ -342,3 +344,30 @@ def test_cost_rows_beyond_the_committed_epochs_are_not_read(world: World) -> Non
     assert costs.list("r", upto=3) == [1.0, 0.5, 1 / 3]
     rows = [(e, 0.5, 0.01) for e in range(60)]  # 25 rows per BatchWriteItem
     assert costs.put_many("s", rows) == 3 and len(costs.list("s")) == 60
+
+
+def test_a_diverging_run_fails_at_once_saying_where(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, finding 8: a NaN or infinite cost ends the run FAILED at that epoch, with
+    no retries (before: the cost row could not be stored, and the step was recomputed).
+    The outputs are clipped, so the network itself rarely gets there: the step's cost is
+    made NaN from the third step on."""
+    real_step = fanout.step
+    steps = []
+
+    def diverging(*args: Any, **kwargs: Any) -> Any:
+        result = real_step(*args, **kwargs)
+        steps.append(1)
+        return replace(result, cost=float("nan")) if len(steps) >= 3 else result
+
+    monkeypatch.setattr(fanout, "step", diverging)
+    run_id = launch(world, {**PARAMS, "epochs": 10})
+    out = drive(world, run_id)  # returns: nothing for Lambda to retry
+    assert out["outcome"] == "diverged"
+    run = world.stores.runs.get(run_id)
+    assert run.status == FAILED
+    assert run.get("error").startswith("diverged at epoch 2 (cost is nan)")
+    assert "learning_rate" in run.get("error")
+    assert [n["status"] for n in world.notifications()][-1:] == ["FAILED"]
+    assert len(world.stores.costs.list(run_id)) <= 2  # the finite epochs only
