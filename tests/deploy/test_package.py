@@ -111,3 +111,13 @@ def test_dry_run_command_prints_the_plan_offline(
     assert "--stack-name cats-api" in out
     assert (tmp_path / "build" / "template.json").is_file()
     assert (tmp_path / "build" / "api-template.json").is_file()
+
+
+def test_the_template_pins_one_blas_thread_for_every_function() -> None:
+    """Issue 16, finding 5: the thread count changes the bits of a product; Lambda's
+    hosts differ, so the template fixes what it can (the kernel it cannot)."""
+    from tests.support.template import template
+
+    variables = template()["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["OPENBLAS_NUM_THREADS"] == "1"
+    assert variables["OMP_NUM_THREADS"] == "1"
