@@ -131,7 +131,7 @@ def test_a_run_killed_with_the_emulator_is_resumed_and_outlives_down_and_up(
     home: Path, itsacat: Itsacat, connect: Callable[[], Stack], tmp_path: Path
 ) -> None:
     stack = connect()
-    params = {**SMALL, "epochs": 1000}  # ~60 epochs/s here: long enough to be killed in
+    params = {**SMALL, "epochs": 700}  # ~60 epochs/s here: long enough to be killed in
     run_id = stack.run_for(stack.upload(params))
     run = stack.runs().get(run_id)
     while not run.get("cursor"):  # until the first commit
