@@ -60,3 +60,21 @@ def test_two_sweeps_that_saw_the_same_stall_re_drive_it_once(sweep: World) -> No
     with pytest.raises(Conflict):
         runs.redrive("r-dup", 0, 0, 1, now=10**10)  # the twin: it saw stalls=0 as well
     assert int(runs.get("r-dup").get("redrives")) == 1
+
+
+def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -> None:
+    """Issue 16, finding 3: Lambda keeps the request id on a duplicate delivery. The twin
+    must neither pass for the lease holder nor give the holder's lease back."""
+    from trainer_lambdas.trainer import lease_token
+
+    _stalled_run(sweep, "r-twins")
+    runs = sweep.stores.runs
+    first, twin = lease_token("req-1"), lease_token("req-1")
+    assert first != twin and first.startswith("req-1/") and twin.startswith("req-1/")
+    runs.acquire("r-twins", first, 30)
+    with pytest.raises(Conflict):
+        runs.acquire("r-twins", twin, 30)
+    runs.release("r-twins", twin, "the twin failed")  # a no-op: not its lease
+    assert runs.get("r-twins").get("lease_owner") == first
+    run = runs.commit("r-twins", first, 0, {"cursor": 1}, {}, lease_seconds=30)
+    assert run.cursor == 1
