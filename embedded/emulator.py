@@ -177,24 +177,8 @@ class SerialisedApp:
         return [json.dumps({"restored": restored.to_json() if restored else None}).encode()]
 
     def _call_locked(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        captured: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            captured["status"], captured["headers"] = status, headers
-            return chunks.append
-
         with self.lock:
-            result = self.app(environ, start_response)
-            try:
-                chunks.extend(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-        return captured["status"], captured["headers"], b"".join(chunks)
+            return call_wsgi(self.app, environ)
 
     def _receive_message(
         self, environ: dict[str, Any], start_response: StartResponse
@@ -221,6 +205,25 @@ class SerialisedApp:
                 start_response(status, headers)
                 return [body]
             time.sleep(_LONG_POLL_STEP_S)
+
+
+def call_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run a WSGI app on one request: (status, headers, the whole body)."""
+    captured: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, headers
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        chunks.extend(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return captured["status"], captured["headers"], b"".join(chunks)
 
 
 def _may_change_data(environ: dict[str, Any], body: bytes | None) -> bool:

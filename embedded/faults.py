@@ -33,6 +33,7 @@ The default plan injects nothing. A plan is built from a spec such as
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -58,6 +59,7 @@ _X86_KERNELS = (("Haswell", "avx2"), ("SandyBridge", "avx"), ("Nehalem", "sse4_2
 _ARM_KERNELS = (("NEOVERSEN1", "asimd"), ("ARMV8", "fp"))
 
 
+@functools.cache
 def host_kernels() -> tuple[str, ...]:
     """The kernels from the lists above that this machine's CPU can run."""
     try:
@@ -202,10 +204,3 @@ class FaultPlan:
             crash_after=worker == ["crash_after"],
             timeout=worker == ["timeout"],
         )
-
-    def duplicate_s3_event(self) -> bool:
-        """Whether the relay delivers the next S3 notification twice."""
-        if not self.enabled:
-            return False
-        with self._lock:
-            return self._chance("s3_duplicate")

@@ -559,9 +559,7 @@ class Concurrency:
     def __init__(self, account_limit: int, functions: Any) -> None:
         self.account_limit = account_limit
         self.reserved = {
-            f.name: f.reserved_concurrency
-            for f in functions
-            if getattr(f, "reserved_concurrency", None) is not None
+            f.name: f.reserved_concurrency for f in functions if f.reserved_concurrency is not None
         }
         unreserved = account_limit - sum(self.reserved.values())
         if self.reserved and unreserved < min(MIN_UNRESERVED_CONCURRENCY, account_limit):

@@ -139,7 +139,7 @@ class Relay:
             for m in messages:
                 self.recent_keys.extend(s3_keys(m["Body"]))
         payload = json.dumps(sqs_event(messages, source)).encode()
-        deliveries = 2 if self.runtime.faults.duplicate_s3_event() else 1
+        deliveries = 2 if self.runtime.faults.chance("s3_duplicate") else 1
         failed_ids: set[str] = set()
         for _ in range(deliveries):
             failed_ids = self._invoke(source, payload, messages)

@@ -54,6 +54,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs
 
+from embedded.emulator import call_wsgi
 from embedded.faults import FaultPlan
 
 StartResponse = Callable[..., Any]
@@ -443,7 +444,7 @@ class StorageFaults:
         """Forward the write; if moto applied it, maybe answer a 500 or drop the line."""
         if not self.plan.probabilities.get("ambiguous"):
             return self.app(environ, start_response)
-        status, headers, body = _call(self.app, environ)
+        status, headers, body = call_wsgi(self.app, environ)
         if status.startswith("200") and self.plan.chance("ambiguous"):
             with self.lock:
                 dropped = self.random.random() < self.dropped_share
@@ -500,24 +501,6 @@ class StorageFaults:
                 merged.setdefault(table, []).extend(requests)
             answer["UnprocessedItems"] = merged
         return result
-
-
-def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    captured: dict[str, Any] = {}
-    chunks: list[bytes] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured["status"], captured["headers"] = status, headers
-        return chunks.append
-
-    result = app(environ, start_response)
-    try:
-        chunks.extend(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return captured["status"], captured["headers"], b"".join(chunks)
 
 
 def _drop(environ: dict[str, Any]) -> bool:

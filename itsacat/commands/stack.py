@@ -402,6 +402,8 @@ def _clocks(config: dict[str, Any]) -> str:
 
 
 def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
+    from embedded.stack import DATA_DIR
+
     processes = processes or {"emulator": True, "runtime": True}
 
     def alive(name: str) -> str:
@@ -436,7 +438,7 @@ def _describe(info: Any, processes: dict[str, bool] | None = None) -> None:
         ("topic", outputs.get("TopicArn", "?")),
         ("functions", functions),
         *([("faults", info.config["faults"])] if info.config.get("faults") else []),
-        ("state", f"{info.home}  (logs in {info.home}/logs, data in {info.home}/state)"),
+        ("state", f"{info.home}  (logs in {info.home}/logs, data in {info.home}/{DATA_DIR})"),
     ]
     for label, value in rows:
         print(f"  {label:<10} {value}")
