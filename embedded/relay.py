@@ -6,13 +6,22 @@ succeeds is deleted, one that fails becomes visible again after the visibility t
 after `maxReceiveCount` receives, moves to the dead-letter queue. moto fills the queue but
 cannot run Lambda code, so this relay does Lambda's part, with the same event shape and
 the same outcomes. The queue's visibility timeout runs on the stack's clock
-(`RuntimeConfig.time_scale`): the relay receives with the queue's timeout times the scale,
-so a failed batch comes back when it would on AWS, in proportion.
+(`RuntimeConfig.time_scale`): a batch whose invocation failed comes back after the queue's
+timeout times the scale, when it would on AWS, in proportion. But the relay receives with
+at least the function's timeout (which is not scaled) plus Lambda's 10-second init phase,
+and shortens it only once it knows how the invocation ended: if the runtime dies meanwhile
+(killed, or the emulator restored from its snapshot), the batch must not come back while an
+invocation of it may still be running, as AWS guarantees by refusing an event source whose
+queue's visibility timeout is shorter than the function's timeout. Otherwise the launch
+function's idempotency record of the interrupted invocation, "in progress" until that
+invocation's deadline, fails every redelivery until `maxReceiveCount` moves the message to
+the dead-letter queue, and the run stays PREPARING for ever.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -23,6 +32,7 @@ from urllib.parse import unquote_plus
 from embedded.functions import QueueSource
 
 _WAIT_S = 1  # long poll; the emulator turns it into cheap short polls
+_INIT_S = 10  # Lambda's init phase: a receive may precede its handler's start by this much
 
 
 def sqs_event(messages: list[dict[str, Any]], source: QueueSource) -> dict[str, Any]:
@@ -43,6 +53,12 @@ def sqs_event(messages: list[dict[str, Any]], source: QueueSource) -> dict[str, 
             for m in messages
         ]
     }
+
+
+def receive_visibility_s(scaled_s: int, function_timeout_s: int) -> int:
+    """The visibility timeout the relay receives with: the queue's on the stack's clock, but
+    not shorter than an invocation of the function may run (see the module's docstring)."""
+    return max(scaled_s, function_timeout_s + _INIT_S)
 
 
 def s3_keys(body: str) -> list[str]:
@@ -72,6 +88,7 @@ class Relay:
         self.sources = sources
         self.time_scale = float(config.time_scale)
         self.visibility_s: dict[str, int] = {}  # per queue: its visibility timeout, scaled
+        self.receive_s: dict[str, int] = {}  # per queue: what the relay receives with
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -88,6 +105,10 @@ class Relay:
             )["Attributes"]
             timeout = int(attributes.get("VisibilityTimeout", 30)) * self.time_scale
             self.visibility_s[source.queue_url] = max(1, round(timeout))
+            self.receive_s[source.queue_url] = receive_visibility_s(
+                self.visibility_s[source.queue_url],
+                self.runtime.function(source.function).timeout_s,
+            )
             thread = threading.Thread(
                 target=self._poll, args=(source,), name=f"relay-{source.function}", daemon=True
             )
@@ -120,20 +141,23 @@ class Relay:
                     QueueUrl=source.queue_url,
                     MaxNumberOfMessages=min(source.batch_size, 10),
                     WaitTimeSeconds=_WAIT_S,
-                    # the queue's own visibility timeout, on the stack's clock
-                    VisibilityTimeout=self.visibility_s[source.queue_url],
+                    # at least as long as an invocation may run; `_come_back` shortens it
+                    VisibilityTimeout=self.receive_s[source.queue_url],
                     AttributeNames=["All"],
                     MessageAttributeNames=["All"],
                 )
+                received = time.monotonic()
                 messages = response.get("Messages", [])
                 if messages:
-                    self._deliver(source, messages)
+                    self._deliver(source, messages, received)
             except Exception as e:  # the emulator going away at shutdown, mostly
                 if not self._stop.is_set():
                     print(f"relay {source.queue_arn}: {e}", flush=True)
                     time.sleep(0.5)
 
-    def _deliver(self, source: QueueSource, messages: list[dict[str, Any]]) -> None:
+    def _deliver(
+        self, source: QueueSource, messages: list[dict[str, Any]], received: float
+    ) -> None:
         with self._lock:
             self.received += len(messages)
             for m in messages:
@@ -155,7 +179,29 @@ class Relay:
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
                 ],
             )
-        # A failed batch is left alone: it is visible again once its visibility timeout ends.
+        failed = [m for m in messages if m["MessageId"] in failed_ids]
+        if failed:
+            self._come_back(source, failed, received)
+
+    def _come_back(
+        self, source: QueueSource, messages: list[dict[str, Any]], received: float
+    ) -> None:
+        """Messages whose invocation failed (it has ended) come back when the queue's
+        visibility timeout, on the stack's clock, ends after their receive, as on AWS."""
+        scaled = self.visibility_s[source.queue_url]
+        if scaled >= self.receive_s[source.queue_url]:
+            return
+        left = max(0, math.ceil(scaled - (time.monotonic() - received)))
+        try:  # Lambda's poller does this itself, not with the function's role
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=source.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": left}
+                    for i, m in enumerate(messages)
+                ],
+            )
+        except Exception as e:  # they come back later, when the longer timeout ends
+            print(f"relay {source.queue_arn}: {e}", flush=True)
 
     def _invoke(
         self, source: QueueSource, payload: bytes, messages: list[dict[str, Any]]

@@ -228,16 +228,16 @@ def run_plan(
     began = time.monotonic()
     while True:
         run = runs.get(run_id)
-        done = int(run.get("epochs_done", 0))
+        done = int(run.epochs_done)
         if run.status not in ACTIVE:
             break
         if done != last_epochs and 1 <= done < params.epochs:
-            committed = int(run.get("invocations", 0))
+            committed = int(run.invocations)
             seen.append((done, committed, snapshot(lambda_url, emulator_url, neuron, done)))
             last_epochs = done
         time.sleep(POLL_S)
     if run.status != "SUCCEEDED":
-        raise RuntimeError(f"run {run_id} ended {run.status}: {run.get('error')}")
+        raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
     final = snapshot(lambda_url, emulator_url, neuron, params.epochs)
     written = _cost_times(env["COSTS_TABLE"], run_id)
     dated = [s for _, _, s in seen]
@@ -257,10 +257,14 @@ def run_plan(
     return {
         "run_id": run_id,
         "costs": runs.costs.of_run(run),
-        "first_layer": run.get("first_layer", "primal"),
+        "first_layer": run.first_layer,
         "epoch_s": median_epoch_s(written),
         "wall_s": time.monotonic() - began,
-        "counters": {k: int(run.get(k, 0)) for k in ("invocations", "retries", "throttles")},
+        "counters": {
+            "invocations": run.invocations,
+            "retries": run.retries,
+            "throttles": run.throttles,
+        },
         **counts,
     }
 

@@ -196,7 +196,7 @@ def _run(opts: Options) -> int:
     final = runs.wait(run_id, show=True)
     s = runs.summary(run_id)
     if final.status != "SUCCEEDED":
-        raise UserError(f"run {run_id} ended {final.status}: {final.get('error')}", exit_code=1)
+        raise UserError(f"run {run_id} ended {final.status}: {final.error}", exit_code=1)
     test = "n/a" if s["test_accuracy"] is None else f"{s['test_accuracy']:.1%}"
     say(
         f"   epochs {s['epochs']}, final cost {s['final_cost']:.4f}, "

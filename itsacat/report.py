@@ -32,7 +32,7 @@ from state.costs import CostStore
 from state.errors import NotFound, StateError
 from state.models import DEFAULT_CLASSES, LoadedModel, ModelNotFound, ModelStore, ModelStoreError
 from state.objects import ObjectStore
-from state.runs import ACTIVE, SUCCEEDED, Run, RunStore
+from state.runs import ACTIVE, SUCCEEDED, RunRecord, RunStore
 from trainer_lambdas.nn.network import predict_proba
 from trainer_lambdas.nn.preprocess import flatten_images
 
@@ -110,7 +110,7 @@ def gather(run_id: str, sources: Sources) -> ReportInputs:
     except ModelStoreError as e:
         raise UserError(f"cannot load the model of run {run_id}: {e}") from e
     test_x = test_y = None
-    if run.get("test_key"):
+    if run.test_key:
         try:
             arrays = sources.objects.get_arrays(run.test_key)
         except StateError as e:
@@ -121,7 +121,7 @@ def gather(run_id: str, sources: Sources) -> ReportInputs:
                 f"run {run_id}: test pictures are {test_x.shape[1:]} but the model takes "
                 f"{model.input_shape}"
             )
-    classes = tuple(run.get("classes") or model.classes or DEFAULT_CLASSES)
+    classes = tuple(run.classes or model.classes or DEFAULT_CLASSES)
     return ReportInputs(
         summary=summarize(run, costs),
         costs=costs,
@@ -132,15 +132,15 @@ def gather(run_id: str, sources: Sources) -> ReportInputs:
     )
 
 
-def _not_finished(run: Run) -> str:
+def _not_finished(run: RunRecord) -> str:
     if run.status in ACTIVE:
-        total = (run.get("params") or {}).get("epochs", "?")
+        total = (run.params or {}).get("epochs", "?")
         return (
-            f"run {run.run_id} is still {run.status} (epoch {int(run.get('epochs_done', 0))}"
+            f"run {run.run_id} is still {run.status} (epoch {run.epochs_done}"
             f"/{total}): a report needs a finished run; follow it with "
             f"`itsacat runs show {run.run_id}` and report when it has SUCCEEDED"
         )
-    error = " ".join(str(run.get("error") or "").split())  # one line, however long the reason
+    error = " ".join(str(run.error or "").split())  # one line, however long the reason
     why = f" ({error})" if error else ""
     return f"run {run.run_id} is {run.status}{why}: it has no trained model to report on"
 

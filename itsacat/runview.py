@@ -10,28 +10,28 @@ from itsacat.errors import UserError
 from itsacat.progress import Progress
 from state.costs import CostStore
 from state.errors import NotFound, StateError
-from state.runs import ACTIVE, COUNTERS, Run, RunStore
+from state.runs import ACTIVE, RunRecord, RunStore
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def summarize(run: Run, costs: Sequence[float]) -> dict[str, Any]:
+def summarize(run: RunRecord, costs: Sequence[float]) -> dict[str, Any]:
     """A run as the dict of `itsacat runs show --json`."""
     return {
         "run_id": run.run_id,
         "status": run.status,
-        "error": run.get("error"),
-        "epochs": int(run.get("epochs_done", 0)),
+        "error": run.error,
+        "epochs": int(run.epochs_done),
         "costs": list(costs),
         "final_cost": costs[-1] if costs else None,
-        "train_accuracy": run.get("train_accuracy"),
-        "test_accuracy": run.get("test_accuracy"),
-        "model_uri": run.get("model_uri"),
-        "seconds": run.get("seconds"),
-        "dataset": run.get("dataset"),
-        "parameters": run.get("params"),
-        "created": run.get("created"),
-        "counters": {k: int(run.get(k, 0)) for k in COUNTERS},
+        "train_accuracy": run.train_accuracy,
+        "test_accuracy": run.test_accuracy,
+        "model_uri": run.model_uri,
+        "seconds": run.seconds,
+        "dataset": run.dataset,
+        "parameters": run.params,
+        "created": run.created,
+        "counters": run.counters(),
     }
 
 
@@ -80,7 +80,7 @@ class Runs:
         self.runs = RunStore(env["RUNS_TABLE"])
         self.costs = CostStore(env["COSTS_TABLE"])
 
-    def get(self, run_id: str) -> Run:
+    def get(self, run_id: str) -> RunRecord:
         try:
             return self.runs.get(run_id)
         except NotFound as e:
@@ -102,13 +102,13 @@ class Runs:
             {
                 "run_id": r.run_id,
                 "status": r.status,
-                "error": r.get("error"),
-                "dataset": (r.get("dataset") or {}).get("key"),
-                "created": r.get("created"),
-                "epochs_done": int(r.get("epochs_done", 0)),
-                "epochs": int((r.get("params") or {}).get("epochs", 0)),
-                "final_cost": r.get("final_cost", r.get("last_cost")),
-                "test_accuracy": r.get("test_accuracy"),
+                "error": r.error,
+                "dataset": (r.dataset or {}).get("key"),
+                "created": r.created,
+                "epochs_done": int(r.epochs_done),
+                "epochs": int((r.params or {}).get("epochs", 0)),
+                "final_cost": r.final_cost if r.final_cost is not None else r.last_cost,
+                "test_accuracy": r.test_accuracy,
             }
             for r in runs
         ]
@@ -118,7 +118,7 @@ class Runs:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for r in self.runs.all():
-                if (r.get("dataset") or {}).get("key") == key:
+                if (r.dataset or {}).get("key") == key:
                     return str(r.run_id)
             time.sleep(0.3)
         raise UserError(
@@ -128,23 +128,23 @@ class Runs:
             "(6 minutes on AWS); `itsacat runs` lists the run once it starts"
         )
 
-    def wait(self, run_id: str, show: bool = True, poll_s: float = 0.5) -> Run:
+    def wait(self, run_id: str, show: bool = True, poll_s: float = 0.5) -> RunRecord:
         """Poll until the run ends, with a progress bar (epoch, cost, ETA) on stderr."""
         run = self.get(run_id)
-        total = int((run.get("params") or {}).get("epochs", 1)) if run.get("params") else 1
+        total = int((run.params or {}).get("epochs", 1)) if run.params else 1
         bar = Progress(total) if show else None
         try:
             while True:
                 run = self.get(run_id)
-                if run.get("params") and bar is not None:
+                if run.params and bar is not None:
                     bar.total = int(run.params["epochs"])
                     fields: dict[str, Any] = {"status": run.status}
-                    if run.get("last_cost") is not None:
+                    if run.last_cost is not None:
                         fields["cost"] = float(run.last_cost)
-                    fields["invocations"] = int(run.get("invocations", 0))
-                    fails = sum(int(run.get(k, 0)) for k in ("retries", "throttles", "duplicates"))
+                    fields["invocations"] = int(run.invocations)
+                    fails = run.retries + run.throttles + run.duplicates
                     fields["absorbed"] = fails
-                    bar.update(int(run.get("epochs_done", 0)), **fields)
+                    bar.update(int(run.epochs_done), **fields)
                 if run.status not in ACTIVE:
                     return run
                 time.sleep(poll_s)

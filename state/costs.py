@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient, batch_write
 from state.errors import translate
-from state.runs import Run
+from state.runs import RunRecord
 
 
 def _item(run_id: str, epoch: int, cost: float, seconds: float, written: str) -> dict[str, Any]:
@@ -47,9 +47,9 @@ class CostStore(LazyClient):
         ]
         return batch_write(self.client, self.table, requests, f"write costs of run {run_id}")
 
-    def of_run(self, run: Run) -> list[float]:
+    def of_run(self, run: RunRecord) -> list[float]:
         """The costs of the run's committed epochs (below its `epochs_done`)."""
-        return self.list(run.run_id, upto=int(run.get("epochs_done", 0)))
+        return self.list(run.run_id, upto=run.epochs_done)
 
     def list(self, run_id: str, upto: int | None = None) -> list[float]:
         """The run's costs in epoch order, exactly as the trainer computed them; with `upto`

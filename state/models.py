@@ -185,12 +185,32 @@ class ModelStore:
     # -- writing ---------------------------------------------------------------------------
 
     def publish(self, run_id: str, weights: Weights, metadata: Mapping[str, Any]) -> str:
-        """Store a trained model and make it the latest; returns its URI.
+        """Store a trained model and make it the latest (`store`, then `promote`); returns
+        its URI."""
+        h5, doc = self._store(run_id, weights, metadata)
+        self._promote(run_id, h5, doc)
+        return self.uri(run_id)
+
+    def store(self, run_id: str, weights: Weights, metadata: Mapping[str, Any]) -> str:
+        """Store a trained model under its run, without making it the latest; returns its URI.
 
         `metadata` carries at least `parameters` (the parameters JSON) and `input_shape`
         ([h, w, 3]); also, where known: `final_cost`, `train_accuracy`, `test_accuracy`,
         `epochs`, `seconds`, `trained_at` (default: now), `classes` (default non-cat/cat).
         """
+        self._store(run_id, weights, metadata)
+        return self.uri(run_id)
+
+    def promote(self, run_id: str) -> None:
+        """Make the stored model of `run_id` the latest (the pointer, and the original
+        project's locations). The trainer calls it only once its run has SUCCEEDED."""
+        doc = _json_doc(self._get(model_key(run_id), MAX_JSON_BYTES)[0], model_key(run_id))
+        h5, _ = self._get(params_key(run_id), MAX_PARAMS_BYTES)
+        self._promote(run_id, h5, doc)
+
+    def _store(
+        self, run_id: str, weights: Weights, metadata: Mapping[str, Any]
+    ) -> tuple[bytes, dict[str, Any]]:
         if not _RUN_ID.match(run_id):
             raise ValueError(f"run id {run_id!r} must be 1-128 of [A-Za-z0-9._-]")
         if not isinstance(metadata.get("parameters"), Mapping):
@@ -214,6 +234,9 @@ class ModelStore:
         h5 = weights_to_h5(weights)
         self._put(params_key(run_id), h5, "application/x-hdf5")
         self._put(model_key(run_id), _json_bytes(doc), "application/json")
+        return h5, doc
+
+    def _promote(self, run_id: str, h5: bytes, doc: Mapping[str, Any]) -> None:
         # The original project's locations, before the pointer like the rest.
         self._put(LEGACY_PARAMS_KEY, h5, "application/x-hdf5")
         results: dict[str, Any] = {
@@ -235,10 +258,9 @@ class ModelStore:
             "run_id": run_id,
             "params_key": params_key(run_id),
             "model_key": model_key(run_id),
-            "trained_at": trained_at,
+            "trained_at": doc.get("trained_at"),
         }
         self._put(LATEST_KEY, _json_bytes(pointer), "application/json")
-        return self.uri(run_id)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ runs/<run_id>/train.npz, runs/<run_id>/test.npz            validated arrays, no 
 """
 
 import io
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,16 @@ from state.errors import NotFound, StateError, translate
 
 def data_key(run_id: str, split: str) -> str:
     return f"runs/{run_id}/{split}.npz"
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One entry of ListObjectVersions: a version of a key, or a delete marker (`deleted`)."""
+
+    version_id: str
+    last_modified: datetime  # to the second, as S3 keeps it
+    deleted: bool
+    latest: bool  # the key's current entry
 
 
 class ObjectStore(LazyClient):
@@ -60,6 +72,32 @@ class ObjectStore(LazyClient):
             return self.get(key, max_bytes)
         except NotFound:
             return None
+
+    def versions(self, key: str) -> list[ObjectVersion]:
+        """Every version and delete marker of exactly `key` (not of the keys it is a prefix
+        of). S3 lists a key's entries newest first, but its versions and its delete markers
+        apart: here the versions come first, then the markers, each kind in S3's order, page
+        by page (entries of the same second are ordered only within their kind)."""
+        out: list[ObjectVersion] = []
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=key
+            )
+            for page in pages:
+                for kind, deleted in (("Versions", False), ("DeleteMarkers", True)):
+                    out += [
+                        ObjectVersion(
+                            version_id=str(v["VersionId"]),
+                            last_modified=v["LastModified"],
+                            deleted=deleted,
+                            latest=bool(v.get("IsLatest")),
+                        )
+                        for v in page.get(kind, [])
+                        if v.get("Key") == key
+                    ]
+        except (ClientError, BotoCoreError) as e:
+            raise translate(e, f"list the versions of s3://{self.bucket}/{key}") from e
+        return out
 
     def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         try:

@@ -1,12 +1,16 @@
 """The runs table: one item per training run, and the conditional writes that move it on.
 
-Every transition is one conditional UpdateItem: creation (`attribute_not_exists`), the
-launch (PREPARING -> TRAINING), the lease (free or expired -> ours), each commit (expected
-cursor and our lease -> next cursor), and the end (TRAINING -> SUCCEEDED/FAILED/CANCELLED).
-There is no read-then-write anywhere: the condition is the check.
+`RunRecord` is the one definition of a run's shared state (what the launcher, the trainer,
+the watchdog and the CLI read and write); `RunStore` exposes its transitions, each one
+conditional UpdateItem: creation (`attribute_not_exists`), the start (PREPARING ->
+TRAINING), the lease (free or expired -> ours), each commit (expected cursor and our lease
+-> next cursor), the hand-over, and the end (TRAINING -> SUCCEEDED/FAILED/CANCELLED). There
+is no read-then-write anywhere: the condition is the check. A write whose answer was lost
+and that botocore sent again is resolved by reading the record back (`_applied`).
 """
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,7 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient
-from state.errors import Conflict, NotFound, StateError, translate
+from state.errors import Conflict, NotFound, translate
 
 PREPARING, TRAINING, SUCCEEDED, FAILED, CANCELLED = (
     "PREPARING",
@@ -26,6 +30,7 @@ PREPARING, TRAINING, SUCCEEDED, FAILED, CANCELLED = (
     "CANCELLED",
 )
 ACTIVE = (PREPARING, TRAINING)
+ENDED = (SUCCEEDED, FAILED, CANCELLED)
 # Counters a run keeps of what it absorbed; the lease holder adds to them at each commit.
 COUNTERS = (
     "invocations",
@@ -62,19 +67,142 @@ def _dyn(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Run:
-    """A run record as read back (plain Python types)."""
+class Prepared:
+    """What the launcher learned of a run's inputs, written when the run starts."""
 
-    item: dict[str, Any] = field(repr=False)
+    params: dict[str, Any]
+    params_source: str  # the parameters.json key, or "default"
+    params_version: str | None  # the S3 version id of the parameters.json used
+    warnings: list[str]
+    data_key: str
+    test_key: str | None
+    n_x: int
+    m: int
+    m_test: int
+    image_shape: list[int]
+    classes: list[str]
+    steps_per_epoch: int
+    total_steps: int
+    first_layer: str  # "primal" or "dual", decided once for the run
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.item[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.item.get(name, default)
+@dataclass(frozen=True)
+class Progress:
+    """The trainer state a commit moves the run to (the weights are `weights_version`
+    written by `weights_writer`, in the weights table)."""
+
+    cursor: int
+    weights_version: int
+    weights_writer: str
+    epochs_done: int
+    last_cost: float | None
+    partial_sum: float  # the cost summed over the current epoch's batches so far
+    partial_n: int
+    idle_handovers: int = 0  # hand-overs in a row that did no step (see the coordinator)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished run reports."""
+
+    model_uri: str
+    train_accuracy: float
+    test_accuracy: float | None
+    final_cost: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as stored (one item of the runs table). Fields absent from an item take the
+    defaults below; an item's attributes this class does not know are ignored."""
+
+    run_id: str
+    status: str
+    created: str = ""
+    updated: str = ""
+    dataset: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    # -- written by the launcher when the run starts (`Prepared`)
+    params: dict[str, Any] | None = None
+    params_source: str | None = None
+    params_version: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    data_key: str | None = None
+    test_key: str | None = None
+    n_x: int = 0
+    m: int = 0
+    m_test: int = 0
+    image_shape: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    first_layer: str = "primal"
+    # -- the committed state (`Progress`); no cursor: the run never started training
+    cursor: int | None = None
+    weights_version: int = 0
+    weights_writer: str = ""
+    epochs_done: int = 0
+    last_cost: float | None = None
+    partial_sum: float = 0.0
+    partial_n: int = 0
+    idle_handovers: int = 0
+    # -- the lease and the watchdog
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    heartbeat: float = 0.0
+    stall_cursor: int | None = None
+    stalls: int = 0
+    last_error: str | None = None
+    # -- the end
+    error: str | None = None
+    notified: bool = False
+    model_uri: str | None = None
+    train_accuracy: float | None = None
+    test_accuracy: float | None = None
+    final_cost: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+    # -- what the run absorbed (`COUNTERS`)
+    invocations: int = 0
+    retries: int = 0
+    throttles: int = 0
+    duplicates: int = 0
+    redrives: int = 0
+    handovers: int = 0
+    unprocessed: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> "RunRecord":
+        """From a DynamoDB item (attribute values in DynamoDB's JSON)."""
+        plain = {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in plain.items() if k in known}
+        if isinstance(values.get("partial_sum"), str):  # stored exactly, as float.hex()
+            values["partial_sum"] = float.fromhex(values["partial_sum"])
+        return cls(**values)
+
+    def to_item(self) -> dict[str, Any]:
+        """As a DynamoDB item (fields that are None are left out)."""
+        return {k: _ser.serialize(_dyn(v)) for k, v in _attributes(self).items()}
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """A record's fields as stored: None left out, the partial sum as float.hex()."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        out[f.name] = v.hex() if f.name == "partial_sum" else v
+    return out
 
 
 class RunStore(LazyClient):
@@ -86,7 +214,7 @@ class RunStore(LazyClient):
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, run_id: str) -> Run:
+    def get(self, run_id: str) -> RunRecord:
         try:
             out = self.client.get_item(
                 TableName=self.table, Key={"run_id": {"S": run_id}}, ConsistentRead=True
@@ -95,25 +223,23 @@ class RunStore(LazyClient):
             raise translate(e, f"read run {run_id}") from e
         if "Item" not in out:
             raise NotFound(f"no run {run_id!r}")
-        return Run({k: _plain(_de.deserialize(v)) for k, v in out["Item"].items()})
+        return RunRecord.from_item(out["Item"])
 
-    def all(self) -> "list[Run]":
+    def all(self) -> list[RunRecord]:
         """All runs, newest first (a scan: for people, not for the training path)."""
         runs, kwargs = [], {"TableName": self.table}
         try:
             while True:
                 out = self.client.scan(**kwargs)
-                runs += [
-                    Run({k: _plain(_de.deserialize(v)) for k, v in i.items()}) for i in out["Items"]
-                ]
+                runs += [RunRecord.from_item(i) for i in out["Items"]]
                 if "LastEvaluatedKey" not in out:
                     break
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
         except (ClientError, BotoCoreError) as e:
             raise translate(e, "list runs") from e
-        return sorted(runs, key=lambda r: r.get("created", ""), reverse=True)
+        return sorted(runs, key=lambda r: r.created, reverse=True)
 
-    def active(self) -> "list[Run]":
+    def active(self) -> list[RunRecord]:
         """Runs in PREPARING or TRAINING, through the `by-status` index."""
         runs = []
         try:
@@ -127,10 +253,7 @@ class RunStore(LazyClient):
                 }
                 while True:
                     out = self.client.query(**kwargs)
-                    runs += [
-                        Run({k: _plain(_de.deserialize(v)) for k, v in i.items()})
-                        for i in out["Items"]
-                    ]
+                    runs += [RunRecord.from_item(i) for i in out["Items"]]
                     if "LastEvaluatedKey" not in out:
                         break
                     kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
@@ -138,7 +261,224 @@ class RunStore(LazyClient):
             raise translate(e, "list active runs") from e
         return runs
 
-    # -- writes --------------------------------------------------------------------------
+    # -- transitions ---------------------------------------------------------------------
+
+    def create(self, run_id: str, dataset: dict[str, Any], started_at: float) -> RunRecord:
+        """A new PREPARING run of an uploaded `dataset`; `Conflict` if it already exists."""
+        now = _iso(time.time())
+        record = RunRecord(
+            run_id, PREPARING, created=now, updated=now, dataset=dataset, started_at=started_at
+        )
+        set_ = _attributes(record)
+        del set_["run_id"]
+        return self._update(
+            run_id, "create run", set_=set_, condition="attribute_not_exists(run_id)"
+        )
+
+    def start(self, run_id: str, prepared: Prepared) -> RunRecord:
+        """PREPARING -> TRAINING at cursor 0 (weights version 0, written by the launcher);
+        `Conflict` if the run is not PREPARING."""
+        now = time.time()
+        start = Progress(0, 0, "", 0, None, 0.0, 0)
+        return self._update(
+            run_id,
+            "start run",
+            set_={
+                **_attributes(prepared),
+                **_attributes(start),
+                "status": TRAINING,
+                "heartbeat": now,
+                "updated": _iso(now),
+            },
+            condition="#st = :prep",
+            values={"#st": "status", ":prep": PREPARING},
+        )
+
+    def fail(self, run_id: str, error: str, from_statuses: tuple[str, ...] = ACTIVE) -> RunRecord:
+        """An active run -> FAILED with the reason; `Conflict` if it already ended."""
+        conds = " OR ".join(f"#st = :f{i}" for i in range(len(from_statuses)))
+        values: dict[str, Any] = {"#st": "status"}
+        values.update({f":f{i}": s for i, s in enumerate(from_statuses)})
+        return self._update(
+            run_id,
+            "fail run",
+            set_={"status": FAILED, "error": error, "updated": _iso(time.time())},
+            remove=("lease_owner", "notified"),
+            condition=conds,
+            values=values,
+        )
+
+    def acquire(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
+        """Take the run's lease if it is free, expired or already ours; `Conflict` otherwise."""
+        now = time.time()
+        return self._update(
+            run_id,
+            "acquire lease",
+            set_={"lease_owner": owner, "lease_until": now + lease_seconds},
+            condition=(
+                "#st = :training AND (attribute_not_exists(lease_owner) OR lease_until < :now "
+                "OR lease_owner = :me)"
+            ),
+            values={"#st": "status", ":training": TRAINING, ":now": now, ":me": owner},
+        )
+
+    def commit(
+        self,
+        run_id: str,
+        owner: str,
+        expected_cursor: int,
+        progress: Progress,
+        counters: dict[str, int],
+        lease_seconds: float,
+        release: bool = False,
+    ) -> RunRecord:
+        """Move the run to `progress`, if its cursor is still `expected_cursor` and the lease
+        is ours; with `release`, give the lease up in the same write (a hand-over)."""
+        now = time.time()
+        set_ = {**_attributes(progress), "heartbeat": now, "updated": _iso(now)}
+        remove: tuple[str, ...] = ()
+        if release:
+            remove = ("lease_owner",)
+            set_["lease_until"] = 0
+        else:
+            set_["lease_until"] = now + lease_seconds
+        return self._update(
+            run_id,
+            "commit step",
+            set_=set_,
+            add={k: v for k, v in counters.items() if v} or None,
+            remove=remove,
+            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
+            values={
+                "#st": "status",
+                "#cur": "cursor",
+                ":training": TRAINING,
+                ":me": owner,
+                ":cur": expected_cursor,
+            },
+        )
+
+    def finish(self, run_id: str, owner: str, cursor: int, outcome: Outcome) -> RunRecord:
+        """TRAINING -> SUCCEEDED at the final cursor, under our lease."""
+        now = time.time()
+        return self._update(
+            run_id,
+            "finish run",
+            set_={
+                **_attributes(outcome),
+                "status": SUCCEEDED,
+                "finished_at": now,
+                "updated": _iso(now),
+            },
+            remove=("lease_owner", "notified"),
+            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
+            values={
+                "#st": "status",
+                "#cur": "cursor",
+                ":training": TRAINING,
+                ":me": owner,
+                ":cur": cursor,
+            },
+        )
+
+    def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> None:
+        """Extend our lease; `Conflict` if it is no longer ours (taken over or cancelled)."""
+        now = time.time()
+        self._update(
+            run_id,
+            "heartbeat",
+            set_={"lease_until": now + lease_seconds, "heartbeat": now},
+            condition="#st = :training AND lease_owner = :me",
+            values={"#st": "status", ":training": TRAINING, ":me": owner},
+        )
+
+    def redrive(
+        self, run_id: str, cursor: int, seen_stalls: int, stalls: int, now: float
+    ) -> RunRecord:
+        """Count a re-drive of a stalled run: `stalls` in a row at `cursor` (`stall_cursor`);
+        `Conflict` unless the run is still TRAINING at `cursor` with an expired lease and the
+        stall count the caller saw (so that two sweeps re-drive one stall once)."""
+        return self._update(
+            run_id,
+            "re-drive run",
+            set_={"stall_cursor": cursor, "stalls": stalls, "updated": _iso(now)},
+            add={"redrives": 1},
+            condition=(
+                "#st = :training AND #cur = :cur AND (attribute_not_exists(lease_until) "
+                "OR lease_until < :now) AND (attribute_not_exists(stalls) OR stalls = :seen)"
+            ),
+            values={
+                "#st": "status",
+                "#cur": "cursor",
+                ":training": TRAINING,
+                ":cur": cursor,
+                ":now": now,
+                ":seen": seen_stalls,
+            },
+        )
+
+    def release(self, run_id: str, owner: str, error: str) -> None:
+        """Give up our lease after an error, noting it; a no-op if the lease is not ours."""
+        with contextlib.suppress(Conflict):
+            self._update(
+                run_id,
+                "release lease",
+                set_={"lease_until": 0, "last_error": error[:2000], "updated": _iso(time.time())},
+                remove=("lease_owner",),
+                condition="lease_owner = :me",
+                values={":me": owner},
+            )
+
+    def mark_notified(self, run_id: str) -> None:
+        """Note that the end of an ended run was announced (`Notifier`); a no-op otherwise."""
+        with contextlib.suppress(Conflict):
+            self._update(
+                run_id,
+                "mark notified",
+                set_={"notified": True},
+                condition="#st = :s OR #st = :f OR #st = :c",
+                values={"#st": "status", ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELLED},
+            )
+
+    def count(self, run_id: str, counters: dict[str, int]) -> None:
+        """Add to a run's counters (e.g. a duplicate trainer that found the lease taken).
+        Not exact: a write botocore sent twice may count twice; nothing depends on it."""
+        with contextlib.suppress(Conflict):
+            self._update(run_id, "count", add=counters, condition="attribute_exists(run_id)")
+
+    def cancel(self, run_id: str) -> RunRecord:
+        """An active run -> CANCELLED; its trainer stops at its next heartbeat or commit."""
+        return self._update(
+            run_id,
+            "cancel run",
+            set_={"status": CANCELLED, "updated": _iso(time.time()), "error": "cancelled"},
+            remove=("lease_owner",),
+            condition="#st = :a OR #st = :b",
+            values={"#st": "status", ":a": PREPARING, ":b": TRAINING},
+        )
+
+    def resume(self, run_id: str) -> RunRecord:
+        """A FAILED or CANCELLED run that has a committed cursor -> TRAINING again, its stall
+        and hand-over counts reset and its heartbeat fresh (the watchdog gives the trainer
+        started with it a lease's time before it re-drives)."""
+        now = time.time()
+        return self._update(
+            run_id,
+            "resume run",
+            set_={
+                "status": TRAINING,
+                "updated": _iso(now),
+                "lease_until": 0,
+                "heartbeat": now,
+                "stalls": 0,
+                "idle_handovers": 0,
+            },
+            remove=("error", "lease_owner", "stall_cursor", "notified"),
+            condition="(#st = :f OR #st = :c) AND attribute_exists(#cur)",
+            values={"#st": "status", "#cur": "cursor", ":f": FAILED, ":c": CANCELLED},
+        )
+
+    # -- the one writer ------------------------------------------------------------------
 
     def _update(
         self,
@@ -149,7 +489,7 @@ class RunStore(LazyClient):
         remove: tuple[str, ...] = (),
         condition: str | None = None,
         values: dict[str, Any] | None = None,
-    ) -> Run:
+    ) -> RunRecord:
         names: dict[str, str] = {}
         vals: dict[str, Any] = {}
         parts = []
@@ -199,198 +539,34 @@ class RunStore(LazyClient):
                 if applied is not None:
                     return applied
             raise error from e
-        return Run({k: _plain(_de.deserialize(v)) for k, v in out["Attributes"].items()})
+        return RunRecord.from_item(out["Attributes"])
 
-    def _applied(self, run_id: str, set_: dict[str, Any], remove: tuple[str, ...]) -> Run | None:
+    def _applied(
+        self, run_id: str, set_: dict[str, Any], remove: tuple[str, ...]
+    ) -> RunRecord | None:
         """The run, if it holds exactly what an update of `set_`/`remove` wrote (read with a
-        consistent read); None if it does not. Every update here sets `updated` (to the
-        millisecond), and commits and heartbeats set times to the microsecond besides, so
-        another writer's update is not mistaken for ours."""
+        consistent read); None if it does not. Every transition sets `updated` (to the
+        millisecond), so another writer's update is not mistaken for ours. (A heartbeat needs
+        none of this: its condition holds again for its copy, whose answer is its own.)"""
         if "updated" not in set_:
             return None
         try:
-            run = self.get(run_id)
-        except StateError:
+            out = self.client.get_item(
+                TableName=self.table, Key={"run_id": {"S": run_id}}, ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError):
+            return None
+        item = out.get("Item")
+        if item is None:
             return None
         for name, value in set_.items():
-            if run.get(name) != _plain(_de.deserialize(_ser.serialize(_dyn(value)))):
+            if name not in item or _plain(_de.deserialize(item[name])) != _plain(
+                _de.deserialize(_ser.serialize(_dyn(value)))
+            ):
                 return None
-        if any(name in run.item for name in remove):
+        if any(name in item for name in remove):
             return None
-        return run
-
-    def create(self, run_id: str, fields: dict[str, Any]) -> Run:
-        """A new PREPARING run; `Conflict` if the run already exists."""
-        now = time.time()
-        return self._update(
-            run_id,
-            "create run",
-            set_={**fields, "status": PREPARING, "created": _iso(now), "updated": _iso(now)},
-            condition="attribute_not_exists(run_id)",
-        )
-
-    def start(self, run_id: str, fields: dict[str, Any]) -> Run:
-        """PREPARING -> TRAINING with the prepared run's fields; `Conflict` if not PREPARING."""
-        return self._update(
-            run_id,
-            "start run",
-            set_={**fields, "status": TRAINING, "updated": _iso(time.time()), "cursor": 0},
-            condition="#st = :prep",
-            values={"#st": "status", ":prep": PREPARING},
-        )
-
-    def fail(self, run_id: str, error: str, from_statuses: tuple[str, ...] = ACTIVE) -> Run:
-        """An active run -> FAILED with the reason; `Conflict` if it already ended."""
-        conds = " OR ".join(f"#st = :f{i}" for i in range(len(from_statuses)))
-        values: dict[str, Any] = {"#st": "status"}
-        values.update({f":f{i}": s for i, s in enumerate(from_statuses)})
-        return self._update(
-            run_id,
-            "fail run",
-            set_={"status": FAILED, "error": error, "updated": _iso(time.time())},
-            remove=("lease_owner",),
-            condition=conds,
-            values=values,
-        )
-
-    def acquire(self, run_id: str, owner: str, lease_seconds: float) -> Run:
-        """Take the run's lease if it is free, expired or already ours; `Conflict` otherwise."""
-        now = time.time()
-        return self._update(
-            run_id,
-            "acquire lease",
-            set_={"lease_owner": owner, "lease_until": now + lease_seconds},
-            condition=(
-                "#st = :training AND (attribute_not_exists(lease_owner) OR lease_until < :now "
-                "OR lease_owner = :me)"
-            ),
-            values={"#st": "status", ":training": TRAINING, ":now": now, ":me": owner},
-        )
-
-    def commit(
-        self,
-        run_id: str,
-        owner: str,
-        expected_cursor: int,
-        fields: dict[str, Any],
-        counters: dict[str, int],
-        lease_seconds: float,
-        release: bool = False,
-    ) -> Run:
-        """Move the cursor on, if it is still `expected_cursor` and the lease is ours."""
-        now = time.time()
-        set_ = {**fields, "updated": _iso(now)}
-        remove: tuple[str, ...] = ()
-        if release:
-            remove = ("lease_owner",)
-            set_["lease_until"] = 0
-        else:
-            set_["lease_until"] = now + lease_seconds
-        return self._update(
-            run_id,
-            "commit step",
-            set_=set_,
-            add={k: v for k, v in counters.items() if v} or None,
-            remove=remove,
-            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
-            values={
-                "#st": "status",
-                "#cur": "cursor",
-                ":training": TRAINING,
-                ":me": owner,
-                ":cur": expected_cursor,
-            },
-        )
-
-    def finish(self, run_id: str, owner: str, cursor: int, fields: dict[str, Any]) -> Run:
-        """TRAINING -> SUCCEEDED at the final cursor, under our lease."""
-        return self._update(
-            run_id,
-            "finish run",
-            set_={**fields, "status": SUCCEEDED, "updated": _iso(time.time())},
-            remove=("lease_owner",),
-            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
-            values={
-                "#st": "status",
-                "#cur": "cursor",
-                ":training": TRAINING,
-                ":me": owner,
-                ":cur": cursor,
-            },
-        )
-
-    def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> None:
-        """Extend our lease; `Conflict` if it is no longer ours (taken over or cancelled)."""
-        now = time.time()
-        self._update(
-            run_id,
-            "heartbeat",
-            set_={"lease_until": now + lease_seconds, "heartbeat": now},
-            condition="#st = :training AND lease_owner = :me",
-            values={"#st": "status", ":training": TRAINING, ":me": owner},
-        )
-
-    def redrive(self, run_id: str, cursor: int, seen_stalls: int, stalls: int, now: float) -> Run:
-        """Count a re-drive of a stalled run: `stalls` in a row at `cursor` (`stall_cursor`);
-        `Conflict` unless the run is still TRAINING at `cursor` with an expired lease and the
-        stall count the caller saw (so that two sweeps re-drive one stall once)."""
-        return self._update(
-            run_id,
-            "re-drive run",
-            set_={"stall_cursor": cursor, "stalls": stalls, "updated": _iso(now)},
-            add={"redrives": 1},
-            condition=(
-                "#st = :training AND #cur = :cur AND (attribute_not_exists(lease_until) "
-                "OR lease_until < :now) AND (attribute_not_exists(stalls) OR stalls = :seen)"
-            ),
-            values={
-                "#st": "status",
-                "#cur": "cursor",
-                ":training": TRAINING,
-                ":cur": cursor,
-                ":now": now,
-                ":seen": seen_stalls,
-            },
-        )
-
-    def release(self, run_id: str, owner: str, error: str) -> None:
-        """Give up our lease after an error, noting it; a no-op if the lease is not ours."""
-        with contextlib.suppress(Conflict):
-            self._update(
-                run_id,
-                "release lease",
-                set_={"lease_until": 0, "last_error": error[:2000], "updated": _iso(time.time())},
-                remove=("lease_owner",),
-                condition="lease_owner = :me",
-                values={":me": owner},
-            )
-
-    def count(self, run_id: str, counters: dict[str, int]) -> None:
-        """Add to a run's counters (e.g. a duplicate trainer that found the lease taken)."""
-        with contextlib.suppress(Conflict):
-            self._update(run_id, "count", add=counters, condition="attribute_exists(run_id)")
-
-    def cancel(self, run_id: str) -> Run:
-        """An active run -> CANCELLED; its trainer stops at its next commit."""
-        return self._update(
-            run_id,
-            "cancel run",
-            set_={"status": CANCELLED, "updated": _iso(time.time()), "error": "cancelled"},
-            remove=("lease_owner",),
-            condition="#st = :a OR #st = :b",
-            values={"#st": "status", ":a": PREPARING, ":b": TRAINING},
-        )
-
-    def resume(self, run_id: str) -> Run:
-        """A FAILED or CANCELLED run that has a committed cursor -> TRAINING again."""
-        return self._update(
-            run_id,
-            "resume run",
-            set_={"status": TRAINING, "updated": _iso(time.time()), "lease_until": 0},
-            remove=("error", "lease_owner"),
-            condition="(#st = :f OR #st = :c) AND attribute_exists(#cur)",
-            values={"#st": "status", "#cur": "cursor", ":f": FAILED, ":c": CANCELLED},
-        )
+        return RunRecord.from_item(item)
 
 
 def _retried(e: Exception) -> bool:

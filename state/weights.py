@@ -1,14 +1,21 @@
 """The weights table: one item per neuron row and version.
 
-Key: `pk` = "<run_id>#<layer>", `sk` = "v<version:010d>#<neuron:05d>". An item holds the
-neuron's weight row and bias as raw little-endian float64 bytes (a row of layer 1 is 12,288
-values, 96 KiB: it fits one item; a whole layer does not). A version is immutable: training
-is deterministic, so whoever writes version v writes the same bytes, and a version becomes
-the run's state only when the run record's commit points at it. Old versions are deleted
-after the commit that supersedes them; `expires` (TTL) sweeps any a late writer re-creates.
+Key: `pk` = "<run_id>#<layer>", `sk` = "v<version:010d>@<writer>#<neuron:05d>" (the
+launcher's version 0 has no writer: "v0000000000#<neuron>"). An item holds the neuron's
+weight row and bias as raw little-endian float64 bytes (a row of layer 1 is 12,288 values,
+96 KiB: it fits one item; a whole layer does not).
+
+A version is written once, by one writer: its key names the writer (the trainer's lease
+token, unique to one delivery of one invocation), and a commit names the writer of the
+version it points to (`weights_writer` in the run record). A stale, duplicated or
+superseded trainer on another host (whose BLAS may round differently) writes its own keys,
+so it can never change a row of a version a cursor points to. Superseded versions are
+deleted after the commit that supersedes them, a loser's after its commit is refused, and
+all of a run's when it succeeds (the model is in S3 by then). There is no TTL: the version
+a cursor points to must outlive any pause (a FAILED run can be resumed months later); what
+a crashed writer leaves behind goes when its run succeeds.
 """
 
-import time
 from typing import Any
 
 import numpy as np
@@ -18,19 +25,21 @@ from state.clients import LazyClient, batch_write
 from state.errors import NotFound, StateError, translate
 
 Weights = list[tuple[np.ndarray, np.ndarray]]
-TTL_SECONDS = 7 * 24 * 3600
 
 
 def _pk(run_id: str, layer: int) -> str:
     return f"{run_id}#{layer}"
 
 
-def _sk(version: int, neuron: int) -> str:
-    return f"v{version:010d}#{neuron:05d}"
+def _prefix(version: int, writer: str) -> str:
+    """The start of every sort key of one version by one writer."""
+    if "#" in writer:
+        raise ValueError(f"a weights writer has no '#': {writer!r}")
+    return f"v{version:010d}@{writer}#" if writer else f"v{version:010d}#"
 
 
-def _key(run_id: str, layer: int, version: int, neuron: int) -> dict[str, dict[str, str]]:
-    return {"pk": {"S": _pk(run_id, layer)}, "sk": {"S": _sk(version, neuron)}}
+def _sk(version: int, writer: str, neuron: int) -> str:
+    return f"{_prefix(version, writer)}{neuron:05d}"
 
 
 def _f64(a: np.ndarray) -> bytes:
@@ -44,16 +53,15 @@ class WeightStore(LazyClient):
         super().__init__(dynamodb)
         self.table = table
 
-    def write(self, run_id: str, version: int, weights: Weights) -> int:
-        """Write every row of every layer at `version`; returns the number of requests made."""
-        expires = str(int(time.time()) + TTL_SECONDS)
+    def write(self, run_id: str, version: int, weights: Weights, writer: str = "") -> int:
+        """Write every row of every layer of `version` by `writer`; returns the number of
+        requests made."""
         items = [
             {
                 "pk": {"S": _pk(run_id, layer)},
-                "sk": {"S": _sk(version, neuron)},
+                "sk": {"S": _sk(version, writer, neuron)},
                 "w": {"B": _f64(w[neuron])},
                 "b": {"B": _f64(b[neuron])},
-                "expires": {"N": expires},
             }
             for layer, (w, b) in enumerate(weights, start=1)
             for neuron in range(w.shape[0])
@@ -62,12 +70,13 @@ class WeightStore(LazyClient):
             [{"PutRequest": {"Item": i}} for i in items], f"write weights v{version}"
         )
 
-    def delete(self, run_id: str, version: int, sizes: tuple[int, ...]) -> int:
-        """Delete the rows of `version` (superseded); returns the number of requests made."""
+    def delete(self, run_id: str, version: int, sizes: tuple[int, ...], writer: str = "") -> int:
+        """Delete the rows of `version` by `writer` (superseded, or a refused commit's);
+        returns the number of requests made."""
         reqs = [
             {
                 "DeleteRequest": {
-                    "Key": {"pk": {"S": _pk(run_id, layer)}, "sk": {"S": _sk(version, n)}}
+                    "Key": {"pk": {"S": _pk(run_id, layer)}, "sk": {"S": _sk(version, writer, n)}}
                 }
             }
             for layer, size in enumerate(sizes, start=1)
@@ -75,11 +84,36 @@ class WeightStore(LazyClient):
         ]
         return self._batch(reqs, f"delete weights v{version}")
 
+    def delete_run(self, run_id: str, layers: int) -> int:
+        """Delete every version of a run (it succeeded); returns the number of rows deleted."""
+        keys = []
+        for layer in range(1, layers + 1):
+            kwargs: dict[str, Any] = {
+                "TableName": self.table,
+                "KeyConditionExpression": "pk = :pk",
+                "ExpressionAttributeValues": {":pk": {"S": _pk(run_id, layer)}},
+                "ProjectionExpression": "pk, sk",
+            }
+            try:
+                while True:
+                    out = self.client.query(**kwargs)
+                    keys += out["Items"]
+                    if "LastEvaluatedKey" not in out:
+                        break
+                    kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+            except (ClientError, BotoCoreError) as e:
+                raise translate(e, f"list the weights of run {run_id}") from e
+        self._batch([{"DeleteRequest": {"Key": k}} for k in keys], f"delete run {run_id}'s weights")
+        return len(keys)
+
     def _batch(self, requests: list[dict], what: str) -> int:
         return batch_write(self.client, self.table, requests, what)
 
-    def read(self, run_id: str, version: int, width: int, sizes: tuple[int, ...]) -> Weights:
-        """All layers at `version` (first-layer rows `width` long); `NotFound` if a row is missing.
+    def read(
+        self, run_id: str, version: int, width: int, sizes: tuple[int, ...], writer: str = ""
+    ) -> Weights:
+        """All layers of `version` by `writer` (first-layer rows `width` long); `NotFound` if a
+        row is missing.
 
         The first layer's rows are its weights (width n_x) or, in the dual form, its
         coefficients (width m, one per training example).
@@ -93,7 +127,7 @@ class WeightStore(LazyClient):
                 "KeyConditionExpression": "pk = :pk AND begins_with(sk, :v)",
                 "ExpressionAttributeValues": {
                     ":pk": {"S": _pk(run_id, layer)},
-                    ":v": {"S": f"v{version:010d}#"},
+                    ":v": {"S": _prefix(version, writer)},
                 },
                 "ConsistentRead": True,
             }

@@ -23,6 +23,13 @@ class Config:
     commit_seconds: float = 10.0  # commit (and heartbeat) at least this often
     fanout_concurrency: int = 32  # neuron invocations in flight per trainer
     max_dataset_bytes: int = 512 * 1024 * 1024
+    # This function's memory (MB): AWS_LAMBDA_FUNCTION_MEMORY_SIZE, which Lambda (and the
+    # embedded runtime) sets; the launch function's MemorySize in the template if absent.
+    memory_mb: int = 1024
+    # The trainer's and the neuron's memory (MB), which the launch function checks a dataset
+    # against: TRAINER_MEMORY_MB and NEURON_MEMORY_MB, their MemorySize in the template.
+    trainer_memory_mb: int = 2048
+    neuron_memory_mb: int = 2048
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -47,6 +54,9 @@ class Config:
                 commit_seconds=float(env.get("COMMIT_SECONDS", cls.commit_seconds)),
                 fanout_concurrency=int(env.get("FANOUT_CONCURRENCY", cls.fanout_concurrency)),
                 max_dataset_bytes=int(env.get("MAX_DATASET_BYTES", cls.max_dataset_bytes)),
+                memory_mb=int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", cls.memory_mb)),
+                trainer_memory_mb=int(env.get("TRAINER_MEMORY_MB", cls.trainer_memory_mb)),
+                neuron_memory_mb=int(env.get("NEURON_MEMORY_MB", cls.neuron_memory_mb)),
             )
         except ValueError as e:
             raise ConfigError(f"bad numeric setting: {e}") from e

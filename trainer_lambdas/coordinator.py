@@ -17,16 +17,16 @@ from typing import Any
 
 from state import clients
 from state.costs import CostStore
-from state.errors import Conflict
+from state.errors import Conflict, StateError
 from state.functions import Functions
 from state.models import ModelStore
 from state.notifications import Notifier
 from state.objects import ObjectStore
-from state.runs import Run, RunStore
+from state.runs import SUCCEEDED, Outcome, Progress, RunRecord, RunStore
 from state.weights import WeightStore
 from trainer_lambdas import datacache, fanout, metrics, plan
 from trainer_lambdas.config import Config
-from trainer_lambdas.invoker import LambdaInvoker
+from trainer_lambdas.invoker import LambdaInvoker, LeaseLost
 from trainer_lambdas.nn import dual, network, schedule
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.init import initial_weights
@@ -39,6 +39,9 @@ log = logging.getLogger("itsacat.trainer")
 # Hand over when less than this is left, plus a few times the slowest step and commit
 # seen so far in this invocation.
 MIN_MARGIN_SECONDS = 2.5
+# Hand-overs in a row that did not do one step: the function's time limit leaves no time
+# for a step, and handing over again would loop forever.
+MAX_IDLE_HANDOVERS = 3
 
 
 @dataclass
@@ -56,12 +59,21 @@ class Heartbeat:
     """Keeps the lease alive from a background thread while the trainer works.
 
     A live trainer never loses its run because one step was slow (a cold start, a long
-    fan-out); a dead one stops heartbeating and the watchdog takes the run over. Losing
-    the lease (cancelled, taken over) is noticed at the next conditional commit.
+    fan-out); a dead one stops heartbeating and the watchdog takes the run over. A beat
+    that finds the lease lost (cancelled, taken over) sets `lost`, and the trainer stops
+    at once: no neuron round is sent after it (`LambdaInvoker.halt`), no version written.
     """
 
-    def __init__(self, runs: RunStore, run_id: str, owner: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        runs: RunStore,
+        run_id: str,
+        owner: str,
+        lease_seconds: float,
+        lost: threading.Event,
+    ) -> None:
         self.runs, self.run_id, self.owner, self.lease = runs, run_id, owner, lease_seconds
+        self.lost = lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -78,7 +90,9 @@ class Heartbeat:
             try:
                 self.runs.heartbeat(self.run_id, self.owner, self.lease)
             except Conflict:
-                return  # no longer ours: the next commit will say so and stop the trainer
+                log.warning("the lease was lost; stopping", extra={"run_id": self.run_id})
+                self.lost.set()
+                return
             except Exception:  # a failed heartbeat is retried at the next beat
                 log.warning("heartbeat failed", extra={"run_id": self.run_id}, exc_info=True)
 
@@ -89,6 +103,7 @@ class _State:
 
     cursor: int
     committed: int
+    writer: str  # who wrote the committed version (`weights_writer`)
     weights: Weights  # as of `cursor`, except the layers in `deferred`: one step behind
     epochs_done: int
     last_cost: float | None
@@ -112,28 +127,38 @@ class Coordinator:
     ) -> dict[str, Any]:
         """Train the run as far as this invocation's time allows; say how it ended."""
         run_id = event.run_id
+        # A warm function's invoker and counters outlive an invocation: start clean.
+        self.invoker.halt = threading.Event()
+        self.invoker.counters.take()
+        clients.UNPROCESSED.take()
         try:
             run = self.s.runs.acquire(run_id, owner, self.cfg.lease_seconds)
         except Conflict:
-            # Another trainer holds the lease, or the run is not training: nothing to do.
+            # Another trainer holds the lease, or the run is not training: nothing to do,
+            # except what an ended run's trainer may have left undone before it stopped.
             self.s.runs.count(run_id, {"duplicates": 1})
             log.info(
                 "lease held or run not training; this invocation stops", extra={"run_id": run_id}
             )
+            self._announce_if_ended(run_id)
             return {"run_id": run_id, "outcome": "not-ours"}
         log.info(
             "trainer holds the lease",
             extra={"run_id": run_id, "reason": event.reason, "cursor": run.cursor},
         )
         try:
-            with Heartbeat(self.s.runs, run_id, owner, self.cfg.lease_seconds):
+            with Heartbeat(self.s.runs, run_id, owner, self.cfg.lease_seconds, self.invoker.halt):
                 return self._train(run, owner, remaining_ms)
+        except LeaseLost:
+            return {"run_id": run_id, "outcome": "lost-lease"}
         except Exception as e:
             self._release_after_error(run_id, owner, e)
             raise
 
-    def _train(self, run: Run, owner: str, remaining_ms: Callable[[], int]) -> dict[str, Any]:
+    def _train(self, run: RunRecord, owner: str, remaining_ms: Callable[[], int]) -> dict[str, Any]:
         run_id = run.run_id
+        if run.params is None or run.data_key is None or run.cursor is None:
+            raise ValueError(f"run {run_id} is TRAINING without its prepared fields")
         p = params_mod.parse(run.params)
         data = datacache.load(self.s.objects, run.data_key)
         m, n_x = data.y.shape[1], data.x.shape[0]
@@ -143,18 +168,23 @@ class Coordinator:
         # The first layer in the dual form (`nn.dual`): its state is C (n1 x m), and the
         # neurons need P0 = W1(0) X; W1 itself is rebuilt when the run finishes.
         basis = None
-        if run.get("first_layer") == "dual":  # as the launcher decided (older runs: primal)
+        if run.first_layer == "dual":  # as the launcher decided
             basis = dual.Basis.of(initial_weights(p, n_x)[0][0], data.x)
         st = _State(
-            cursor=int(run.cursor),
-            committed=int(run.cursor),
+            cursor=run.cursor,
+            committed=run.cursor,
+            writer=run.weights_writer,
             weights=self.s.weights.read(
-                run_id, int(run.weights_version), n_x if basis is None else m, p.neurons
+                run_id,
+                run.weights_version,
+                n_x if basis is None else m,
+                p.neurons,
+                run.weights_writer,
             ),
-            epochs_done=int(run.get("epochs_done", 0)),
-            last_cost=run.get("last_cost"),
-            partial_sum=float.fromhex(run.get("partial_sum", "0x0p+0")),
-            partial_n=int(run.get("partial_n", 0)),
+            epochs_done=run.epochs_done,
+            last_cost=run.last_cost,
+            partial_sum=run.partial_sum,
+            partial_n=run.partial_n,
         )
         st.stop = (
             p.threshold > 0
@@ -172,14 +202,27 @@ class Coordinator:
             indices=None,
             p0=None if basis is None else basis.p0,
         )
+        lost = self.invoker.halt
         last_commit = time.monotonic()
         slowest_step = slowest_commit = 0.0
         epoch_started: float | None = None
         while st.cursor < total and not st.stop:
+            if lost.is_set():
+                raise LeaseLost("the heartbeat found the lease lost")
             margin = MIN_MARGIN_SECONDS + 3 * slowest_step + 2 * slowest_commit
             if remaining_ms() / 1000 < margin:
                 self._settle(st, blocks, base)
-                return self._hand_over(run_id, owner, st, p.neurons)
+                idle = run.idle_handovers + 1 if st.cursor == run.cursor else 0
+                if idle > MAX_IDLE_HANDOVERS:
+                    return self._end_failed(
+                        run_id,
+                        owner,
+                        f"the trainer handed over {MAX_IDLE_HANDOVERS} times in a row without "
+                        f"doing a step (at step {st.cursor}): its time limit leaves less than "
+                        f"{margin:.1f} s for one; raise TrainerTimeout",
+                        "handover-loop",
+                    )
+                return self._hand_over(run_id, owner, st, p.neurons, idle)
             t0 = time.monotonic()
             epoch, batch = divmod(st.cursor, spe)
             idx = schedule.batch_indices(p, m, epoch, batch)
@@ -187,7 +230,7 @@ class Coordinator:
             inputs = replace(base, y=y, indices=None if idx is None else idx.tolist())
             result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred)
             if not math.isfinite(result.cost):
-                return self._diverged(run_id, epoch, result.cost)
+                return self._diverged(run_id, owner, epoch, result.cost)
             st.weights, st.deferred = result.weights, result.deferred
             st.cursor += 1
             st.partial_sum += result.cost * y.shape[1]
@@ -217,24 +260,30 @@ class Coordinator:
         weights = st.weights if basis is None else dual.primal(st.weights, basis, data.x)
         return self._finish(run, owner, st, p, data, weights)
 
-    def _diverged(self, run_id: str, epoch: int, cost: float) -> dict[str, Any]:
+    def _diverged(self, run_id: str, owner: str, epoch: int, cost: float) -> dict[str, Any]:
         """A NaN or infinite cost: training cannot go on, and recomputing the step gives the
         same cost, so the run ends FAILED at once (nothing is raised: nothing to retry)."""
-        reason = (
-            f"diverged at epoch {epoch} (cost is {cost}); try a smaller learning_rate "
-            "(or a threshold that stops it earlier)"
-        )
         log.error("run diverged", extra={"run_id": run_id, "epoch": epoch})
+        return self._end_failed(
+            run_id,
+            owner,
+            f"diverged at epoch {epoch} (cost is {cost}); try a smaller learning_rate "
+            "(or a threshold that stops it earlier)",
+            "diverged",
+            epoch=epoch,
+        )
+
+    def _end_failed(
+        self, run_id: str, owner: str, reason: str, outcome: str, **details: Any
+    ) -> dict[str, Any]:
+        """End the run FAILED for a reason no retry can change, and say so."""
         try:
             self.s.runs.fail(run_id, reason)
         except Conflict:
             return {"run_id": run_id, "outcome": "not-ours"}
-        self.s.notifier.publish(
-            f"itsacat: run {run_id} failed",
-            reason,
-            {"status": "FAILED", "run_id": run_id, "error": reason},
-        )
-        return {"run_id": run_id, "outcome": "diverged", "epoch": epoch}
+        self.s.notifier.run_failed(run_id, reason)
+        self.s.runs.mark_notified(run_id)
+        return {"run_id": run_id, "outcome": outcome, **details}
 
     def _settle(
         self, st: _State, blocks: list[list[plan.Block]], inputs: fanout.StepInputs
@@ -252,29 +301,35 @@ class Coordinator:
         sizes: tuple[int, ...],
         release: bool = False,
         counters: dict[str, int] | None = None,
+        idle_handovers: int = 0,
     ) -> bool:
-        """Write version `cursor` (and the new epochs' costs) and move the run to it; False if
-        the run is no longer ours."""
+        """Write version `cursor` (under our own writer name) and the new epochs' costs, and
+        move the run to it; False if the run is no longer ours."""
+        if self.invoker.halt.is_set():
+            raise LeaseLost("the heartbeat found the lease lost")
         done = st.costs
         if done:
             self.s.costs.put_many(run_id, done)
             st.costs = []
-        if st.cursor != st.committed:
-            self.s.weights.write(run_id, st.cursor, st.weights)
+        moved = st.cursor != st.committed
+        if moved:
+            self.s.weights.write(run_id, st.cursor, st.weights, owner)
+        writer = owner if moved else st.writer
         try:
             self.s.runs.commit(
                 run_id,
                 owner,
                 expected_cursor=st.committed,
-                fields={
-                    "cursor": st.cursor,
-                    "weights_version": st.cursor,
-                    "epochs_done": st.epochs_done,
-                    "last_cost": st.last_cost,
-                    "partial_sum": st.partial_sum.hex(),
-                    "partial_n": st.partial_n,
-                    "heartbeat": time.time(),
-                },
+                progress=Progress(
+                    cursor=st.cursor,
+                    weights_version=st.cursor,
+                    weights_writer=writer,
+                    epochs_done=st.epochs_done,
+                    last_cost=st.last_cost,
+                    partial_sum=st.partial_sum,
+                    partial_n=st.partial_n,
+                    idle_handovers=idle_handovers,
+                ),
                 counters={
                     **self.invoker.counters.take(),
                     "unprocessed": clients.UNPROCESSED.take(),
@@ -288,10 +343,12 @@ class Coordinator:
                 "commit refused: the run was cancelled or another trainer took it over",
                 extra={"run_id": run_id, "cursor": st.cursor},
             )
+            if moved:  # ours alone, and never pointed to: nobody else will remove it
+                self.s.weights.delete(run_id, st.cursor, sizes, owner)
             return False
-        if st.cursor != st.committed:
-            self.s.weights.delete(run_id, st.committed, sizes)
-        st.committed = st.cursor
+        if moved:
+            self.s.weights.delete(run_id, st.committed, sizes, st.writer)
+        st.committed, st.writer = st.cursor, writer
         if done:
             metrics.record_epochs(run_id, done)
             log.info(
@@ -306,10 +363,19 @@ class Coordinator:
         return True
 
     def _hand_over(
-        self, run_id: str, owner: str, st: _State, sizes: tuple[int, ...]
+        self, run_id: str, owner: str, st: _State, sizes: tuple[int, ...], idle: int
     ) -> dict[str, Any]:
-        """Commit, release the lease, and start a fresh trainer invocation to go on."""
-        if not self._commit(run_id, owner, st, sizes, release=True, counters={"handovers": 1}):
+        """Commit, release the lease, and start a fresh trainer invocation to go on
+        (`idle`: the hand-overs in a row, this one included, that did no step)."""
+        if not self._commit(
+            run_id,
+            owner,
+            st,
+            sizes,
+            release=True,
+            counters={"handovers": 1},
+            idle_handovers=idle,
+        ):
             return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
         self.s.functions.start(
             self.cfg.trainer_function, TrainerEvent(run_id, "handover").to_dict()
@@ -321,23 +387,24 @@ class Coordinator:
 
     def _finish(
         self,
-        run: Run,
+        run: RunRecord,
         owner: str,
         st: _State,
         p: params_mod.Parameters,
         data: datacache.TrainingData,
         weights: Weights,
     ) -> dict[str, Any]:
-        """Publish the model (`weights`: the primal weights of the final state)."""
+        """Store the model (`weights`: the primal weights of the final state), end the run
+        SUCCEEDED, and only then make the model the latest and announce it."""
         run_id = run.run_id
         train_acc = network.accuracy(weights, p.activations, data.x, data.y)
         test_acc = None
-        if run.get("test_key"):
+        if run.test_key:
             arrays = self.s.objects.get_arrays(run.test_key)
             x_test = flatten_images(arrays["x"])
             y_test = arrays["y"].reshape(1, -1)
             test_acc = network.accuracy(weights, p.activations, x_test, y_test)
-        seconds = time.time() - float(run.get("started_at", time.time()))
+        seconds = time.time() - (run.started_at or time.time())
         metadata = {
             "run_id": run_id,
             "parameters": p.to_json(),
@@ -351,42 +418,50 @@ class Coordinator:
             "seconds": seconds,
             "dataset": run.dataset,
         }
-        model_uri = self.s.models.publish(run_id, weights, metadata)
+        model_uri = self.s.models.store(run_id, weights, metadata)
         try:
             done = self.s.runs.finish(
                 run_id,
                 owner,
                 st.cursor,
-                {
-                    "model_uri": model_uri,
-                    "train_accuracy": train_acc,
-                    "test_accuracy": test_acc,
-                    "final_cost": st.last_cost,
-                    "finished_at": time.time(),
-                    "seconds": seconds,
-                },
+                Outcome(
+                    model_uri=model_uri,
+                    train_accuracy=train_acc,
+                    test_accuracy=test_acc,
+                    final_cost=st.last_cost,
+                    seconds=seconds,
+                ),
             )
         except Conflict:
             return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
-        test = "n/a" if test_acc is None else f"{test_acc:.3f}"
-        self.s.notifier.publish(
-            f"itsacat: run {run_id} succeeded",
-            f"Training finished after {st.epochs_done} epochs in {seconds:.0f} s: final cost "
-            f"{st.last_cost:.6f}, train accuracy {train_acc:.3f}, test accuracy {test}. "
-            f"Model: {model_uri}",
-            {
-                "status": done.status,
-                "run_id": run_id,
-                "final_cost": st.last_cost,
-                "train_accuracy": train_acc,
-                "test_accuracy": test_acc,
-                "epochs": st.epochs_done,
-                "seconds": seconds,
-                "model_uri": model_uri,
-            },
-        )
+        self._after_success(done, len(p.neurons))
         log.info("run succeeded", extra={"run_id": run_id, "model_uri": model_uri})
         return {"run_id": run_id, "outcome": "succeeded", "model_uri": model_uri}
+
+    def _after_success(self, run: RunRecord, layers: int) -> None:
+        """What follows a run's SUCCEEDED, each step idempotent: promote its model, drop its
+        weights, announce it, note the announcement. A trainer of the run that finds it
+        ended and not announced does it all again (`_announce_if_ended`)."""
+        self.s.models.promote(run.run_id)
+        self.s.weights.delete_run(run.run_id, layers)
+        self.s.notifier.run_succeeded(run)
+        self.s.runs.mark_notified(run.run_id)
+
+    def _announce_if_ended(self, run_id: str) -> None:
+        """An ended run whose end was never announced (its trainer stopped between the end
+        and the notification): finish the job. SNS delivers at least once anyway."""
+        try:
+            run = self.s.runs.get(run_id)
+        except StateError:
+            return
+        if not run.ended or run.notified or run.status == "CANCELLED":
+            return
+        log.info("announcing the end of the run", extra={"run_id": run_id})
+        if run.status == SUCCEEDED and run.params is not None:
+            self._after_success(run, len(params_mod.parse(run.params).neurons))
+        else:
+            self.s.notifier.run_ended(run)
+            self.s.runs.mark_notified(run_id)
 
     def _release_after_error(self, run_id: str, owner: str, error: Exception) -> None:
         """Give the lease back so that a retry or the watchdog can go on at once."""

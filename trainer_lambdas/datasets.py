@@ -21,10 +21,68 @@ MAX_BYTES = 512 * 1024 * 1024
 MAX_EXAMPLES = 100_000
 MAX_SIDE = 512
 DEFAULT_CLASSES = ("non-cat", "cat")
+# What a function needs besides the data it holds: the interpreter, numpy, h5py, boto3.
+HEADROOM_MB = 256
+# Bytes per pixel (uint8) in the launch function: the file's bytes (about one per pixel for
+# an uncompressed file; counted as they are), the pixels as read, and the .npz it writes of
+# them (the buffer, and the copy `put` sends).
+LAUNCH_BYTES_PER_PIXEL = 3
+# In the trainer and neuron functions: the .npz's bytes, the uint8 pixels, and float64
+# pixels twice while `flatten_images` converts them (astype, then / 255).
+WORKER_BYTES_PER_PIXEL = 1 + 1 + 8 + 8
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The memory (MB) of the functions that hold a dataset, and what a dataset may need.
+
+    The rule: the launch function (`launch_mb`) holds the file's bytes and
+    LAUNCH_BYTES_PER_PIXEL per pixel; the trainer and neuron functions (`workers_mb`: the
+    smaller of the two) hold WORKER_BYTES_PER_PIXEL per pixel of the training data, and
+    the trainer as many per test pixel at the end (train and test are counted together),
+    and a neuron in the dual form the m x m float64 Gram matrix too. Each must fit its
+    function's memory less HEADROOM_MB. Pixels are counted from the arrays' shapes before
+    any is read: a compressed file can hold far more pixels than it has bytes.
+    """
+
+    launch_mb: int
+    workers_mb: int
+
+    def problem(
+        self, file_bytes: int, m: int, image_shape: tuple[int, ...], gram_bytes: int = 0
+    ) -> str | None:
+        """Why `m` images of `image_shape` (train and test) in a file of `file_bytes`
+        cannot be trained on with this memory (plus a Gram matrix of `gram_bytes`), or None."""
+        per_image = int(np.prod(image_shape))
+        pixels = m * per_image
+        shape = "x".join(str(n) for n in image_shape)
+        launch_room = (self.launch_mb - HEADROOM_MB) * 2**20
+        launch = file_bytes + LAUNCH_BYTES_PER_PIXEL * pixels
+        if launch > launch_room:
+            return (
+                f"dataset: {m} images of {shape} in a {file_bytes / 2**20:.0f} MB file need "
+                f"about {launch / 2**20:.0f} MB in the launch function (the file, the pixels "
+                f"and the .npz written of them), over its {self.launch_mb} MB less "
+                f"{HEADROOM_MB} MB headroom: use fewer or smaller pictures"
+            )
+        workers_room = (self.workers_mb - HEADROOM_MB) * 2**20
+        workers = WORKER_BYTES_PER_PIXEL * pixels + gram_bytes
+        if workers > workers_room:
+            fit = max(0, workers_room - gram_bytes) // (WORKER_BYTES_PER_PIXEL * per_image)
+            gram = f" and a {gram_bytes / 2**20:.0f} MB Gram matrix" if gram_bytes else ""
+            return (
+                f"dataset: {m} images of {shape}{gram} need about {workers / 2**20:.0f} MB in "
+                f"the trainer and neuron functions ({WORKER_BYTES_PER_PIXEL} bytes per "
+                f"pixel: the .npz, uint8 and two float64 copies), over the {self.workers_mb} "
+                f"MB they have less {HEADROOM_MB} MB headroom: use at most {fit} images of "
+                f"{shape} (train and test together) or smaller pictures"
+                + (", or first_layer 'primal'" if gram_bytes else "")
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -60,7 +118,10 @@ class Dataset:
         return self.train
 
 
-def _split(f: h5py.File, prefix: str, limits: dict[str, int]) -> Split | None:
+def _arrays(
+    f: h5py.File, prefix: str, limits: dict[str, int]
+) -> tuple[h5py.Dataset, h5py.Dataset] | None:
+    """A split's x and y arrays, their shapes and types checked; no pixel is read."""
     kx, ky = f"{prefix}_set_x", f"{prefix}_set_y"
     if kx not in f and ky not in f:
         return None
@@ -84,6 +145,13 @@ def _split(f: h5py.File, prefix: str, limits: dict[str, int]) -> Split | None:
         raise DatasetError(f"dataset: '{kx}' has zero examples")
     if m > limits["examples"]:
         raise DatasetError(f"dataset: '{kx}' has {m} examples; the limit is {limits['examples']}")
+    return dx, dy
+
+
+def _split(dx: h5py.Dataset, dy: h5py.Dataset) -> Split:
+    """Read and check a split's pixels and labels (`_arrays` checked their shapes)."""
+    kx, ky = dx.name.lstrip("/"), dy.name.lstrip("/")
+    m = dx.shape[0]
     if dx.dtype.kind == "f" and not np.isfinite(dx[()]).all():
         raise DatasetError(f"dataset: '{kx}' contains NaN or infinite values")
     if dx.dtype != np.uint8:
@@ -127,8 +195,10 @@ def load(
     max_bytes: int = MAX_BYTES,
     max_examples: int = MAX_EXAMPLES,
     max_side: int = MAX_SIDE,
+    memory: Memory | None = None,
 ) -> Dataset:
-    """Read and validate a dataset from a path or from the bytes of an HDF5 file."""
+    """Read and validate a dataset from a path or from the bytes of an HDF5 file; with
+    `memory`, refuse (before reading any pixel) one that would not fit it (`Memory`)."""
     if isinstance(source, bytes):
         size = len(source)
     else:
@@ -142,21 +212,30 @@ def load(
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         with h5py.File(handle, "r") as f:
-            train = _split(f, "train", limits)
-            test = _split(f, "test", limits)
+            splits = [_arrays(f, prefix, limits) for prefix in ("train", "test")]
+            found = [s for s in splits if s is not None]
+            if not found:
+                raise DatasetError(
+                    "dataset: no 'train_set_x'/'train_set_y' or 'test_set_x'/'test_set_y' "
+                    "arrays found"
+                )
+            shapes = {tuple(dx.shape[1:]) for dx, _ in found}
+            if len(shapes) > 1:
+                raise DatasetError(
+                    f"dataset: train images are {found[0][0].shape[1:]} but test images are "
+                    f"{found[1][0].shape[1:]}"
+                )
+            if memory is not None:
+                m = sum(dx.shape[0] for dx, _ in found)
+                problem = memory.problem(size, m, found[0][0].shape[1:])
+                if problem is not None:
+                    raise DatasetError(problem)
+            train, test = (None if s is None else _split(*s) for s in splits)
             classes = _classes(f)
     except DatasetError:
         raise
     except OSError as e:
         raise DatasetError(f"dataset: not a readable HDF5 file ({e})") from e
-    if train is None and test is None:
-        raise DatasetError(
-            "dataset: no 'train_set_x'/'train_set_y' or 'test_set_x'/'test_set_y' arrays found"
-        )
-    if train is not None and test is not None and train.x.shape[1:] != test.x.shape[1:]:
-        raise DatasetError(
-            f"dataset: train images are {train.x.shape[1:]} but test images are {test.x.shape[1:]}"
-        )
     return Dataset(train=train, test=test, classes=classes)
 
 

@@ -25,6 +25,10 @@ class NeuronFailed(RuntimeError):
     """A neuron request failed every attempt."""
 
 
+class LeaseLost(RuntimeError):
+    """The trainer no longer holds its run's lease: it must stop fanning out at once."""
+
+
 class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,6 +51,8 @@ class LambdaInvoker:
         self.function = function
         self.concurrency = concurrency
         self.counters = Counters()
+        # Set by the trainer's heartbeat when the lease is lost: no round is sent after it.
+        self.halt = threading.Event()
 
     def __call__(self, requests: Sequence[NeuronRequest]) -> list[NeuronResponse]:
         """Every request's response, in order; failed ones are sent again (all of a round's
@@ -58,6 +64,8 @@ class LambdaInvoker:
         throttles = 0
         pending = list(range(len(requests)))
         while pending:
+            if self.halt.is_set():
+                raise LeaseLost("the run's lease was lost; no more neuron invocations")
             self.counters.add("invocations", len(pending))
             outs = self.functions.call_many(
                 self.function, [payloads[i] for i in pending], self.concurrency

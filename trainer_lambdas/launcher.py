@@ -3,6 +3,22 @@
 Validation failures end the run as FAILED with the reason and a notification, and return
 normally: a bad upload must not be retried in a loop. Everything else is idempotent, so a
 duplicated or retried S3 event finds the run already there and does nothing more.
+
+Which parameters a run uses: the version of `parameters.json` (in the dataset's folder) that
+was current when the dataset was uploaded, i.e. the newest version of exactly that key whose
+LastModified is not after the dataset version's; a delete marker there, or no version,
+means the defaults. Upload `parameters.json` before the dataset. A launch retried or run
+late (SQS redelivery) picks the same version, and a `parameters.json` uploaded after the
+dataset (a leftover, `aws s3 cp --recursive` in any order) is not used by it. The run records
+the version (`params_version`; None for the defaults) with `params_source`. S3 keeps
+LastModified to the second: a `parameters.json` written in the same second as the dataset
+counts as before it. In a bucket without versioning (no version id in the event) nothing can
+be pinned, and the current `parameters.json` is read.
+
+Inputs that cannot work are refused here, before anything is written: a dataset that would
+not fit the functions' memory (`datasets.Memory`), a first layer whose stored rows would not
+fit a DynamoDB item (`first_layer_form`), a network whose requests would not fit Lambda's
+payload limit (`plan.check_inputs`).
 """
 
 import hashlib
@@ -11,11 +27,12 @@ import posixpath
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from state.errors import Conflict, NotFound, StateError
-from state.objects import data_key
-from state.runs import PREPARING
+from state.objects import ObjectVersion, data_key
+from state.runs import PREPARING, Prepared
 from trainer_lambdas import datasets, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
@@ -29,6 +46,12 @@ log = logging.getLogger("itsacat.launch")
 INPUT_PREFIX = "training_input/"
 PARAMS_NAME = "parameters.json"
 MAX_PARAMS_BYTES = 64 * 1024
+# DynamoDB's item limit, "400 KB" with attribute names and key, read as 400,000 bytes (AWS
+# takes 409,600, moto and so the embedded stack 405,000); the weights table holds one
+# neuron row per item, as raw float64 bytes (state/weights.py).
+MAX_ITEM_BYTES = 400_000
+ITEM_MARGIN = 1024  # the item's key (run id, layer, version, neuron), bias and TTL
+MAX_ROW_VALUES = (MAX_ITEM_BYTES - ITEM_MARGIN) // 8  # 49,872: pictures up to 128x128x3
 
 
 def is_dataset(key: str) -> bool:
@@ -50,6 +73,59 @@ class Rejected(Exception):
     reason: str
 
 
+def first_layer_form(form: str, n_x: int, m: int) -> bool:
+    """Whether layer 1 trains in the dual form (`dual.use_dual`), so that its stored rows
+    fit a DynamoDB item: n_x values a row in the primal form, m in the dual form, at most
+    MAX_ROW_VALUES. "auto" takes the other form when the one `use_dual` chose does not fit
+    and the other does (the numbers are the same either way); otherwise ValueError. (The
+    other layers' rows are at most params.MAX_NEURONS values: they always fit.)"""
+    chosen = dual.use_dual(form, n_x, m)  # ParameterError: 'dual' with too big a Gram matrix
+    if (m if chosen else n_x) <= MAX_ROW_VALUES:
+        return chosen
+    try:
+        other_fits = dual.use_dual("primal" if chosen else "dual", n_x, m) != chosen
+    except params_mod.ParameterError:  # the dual form's Gram matrix would be too big
+        other_fits = False
+    other_fits = other_fits and (n_x if chosen else m) <= MAX_ROW_VALUES
+    if form == "auto" and other_fits:
+        return not chosen
+    limit = "over DynamoDB's 400 KB item limit (one item per row)"
+    if chosen:
+        raise ValueError(
+            f"layer 1's stored rows would hold {m} values in the dual form (one per example, "
+            f"{8 * m / 1024:.0f} KB), {limit}: use first_layer 'primal' or at most "
+            f"{MAX_ROW_VALUES} examples"
+        )
+    side = int((MAX_ROW_VALUES // 3) ** 0.5)
+    advice = f"first_layer 'dual' (rows of {m} values) or " if other_fits else ""
+    raise ValueError(
+        f"layer 1's weight rows would hold {n_x} values in the primal form "
+        f"({8 * n_x / 1024:.0f} KB), {limit}: use {advice}smaller pictures (at most "
+        f"{MAX_ROW_VALUES} values, e.g. {side}x{side}x3)"
+    )
+
+
+def pinned_version(versions: list[ObjectVersion], when: datetime) -> ObjectVersion | None:
+    """The entry of `versions` (`ObjectStore.versions`: of one key) current at `when`: the
+    newest whose LastModified is not after it; None if there is none. ValueError if a
+    version and a delete marker share that second and neither is the current one (S3 does
+    not say which came first)."""
+    older = [v for v in versions if v.last_modified <= when]
+    if not older:
+        return None
+    newest = max(v.last_modified for v in older)
+    top = [v for v in older if v.last_modified == newest]
+    if len({v.deleted for v in top}) == 1:
+        return top[0]  # each kind is in S3's order, newest first
+    current = [v for v in top if v.latest]
+    if current:
+        return current[0]
+    raise ValueError(
+        f"it was both written and deleted at {newest.isoformat()}, so the version current "
+        "at the dataset's upload is unknown: upload parameters.json, then the dataset, again"
+    )
+
+
 class Launcher:
     def __init__(self, cfg: Config, stores: Stores) -> None:
         self.cfg = cfg
@@ -67,7 +143,7 @@ class Launcher:
             "size": obj.size,
         }
         try:
-            self.s.runs.create(run_id, {"dataset": dataset, "started_at": time.time()})
+            self.s.runs.create(run_id, dataset, started_at=time.time())
         except Conflict:
             existing = self.s.runs.get(run_id)
             if existing.status != PREPARING:
@@ -76,24 +152,22 @@ class Launcher:
                 return {"run_id": run_id, "outcome": "duplicate", "status": existing.status}
             log.info("resuming an interrupted preparation", extra={"run_id": run_id})
         try:
-            fields = self._prepare(run_id, obj)
+            prepared = self._prepare(run_id, obj)
         except Rejected as r:
             return self._reject(run_id, obj, r.reason)
         try:
-            self.s.runs.start(run_id, fields)
+            self.s.runs.start(run_id, prepared)
         except Conflict:
             return {"run_id": run_id, "outcome": "duplicate"}
         self.s.functions.start(self.cfg.trainer_function, TrainerEvent(run_id).to_dict())
         log.info("run prepared; trainer started", extra={"run_id": run_id})
         return {"run_id": run_id, "outcome": "started"}
 
-    def _prepare(self, run_id: str, obj: UploadedObject) -> dict[str, Any]:
-        """Validate, write the prepared data and the initial weights; the run's fields."""
+    def _prepare(self, run_id: str, obj: UploadedObject) -> Prepared:
+        """Validate, write the prepared data and the initial weights (version 0, written by
+        no trainer); what the run starts with."""
         params_key = posixpath.join(posixpath.dirname(obj.key), PARAMS_NAME)
-        try:
-            text = self.s.objects.get_optional(params_key, MAX_PARAMS_BYTES)
-        except StateError as e:
-            raise Rejected(f"{params_key}: {e}") from e
+        text, params_version = self._parameters(params_key, obj)
         try:
             p = params_mod.default() if text is None else params_mod.loads(text)
         except params_mod.ParameterError as e:
@@ -106,19 +180,27 @@ class Launcher:
             if "larger than" in str(e):
                 raise Rejected(f"dataset: {e}") from e
             raise
+        memory = datasets.Memory(
+            launch_mb=self.cfg.memory_mb,
+            workers_mb=min(self.cfg.trainer_memory_mb, self.cfg.neuron_memory_mb),
+        )
         try:
-            ds = datasets.load(body, max_bytes=self.cfg.max_dataset_bytes)
+            ds = datasets.load(body, max_bytes=self.cfg.max_dataset_bytes, memory=memory)
             train = ds.require_train()
         except datasets.DatasetError as e:
             raise Rejected(f"{obj.key}: {e}") from e
         n_x = int(train.x[0].size)
         m = train.m
         try:
-            in_dual = dual.use_dual(p.first_layer, n_x, m)
+            in_dual = first_layer_form(p.first_layer, n_x, m)
             m_b = m if p.full_batch(m) or p.batch_size is None else p.batch_size
-            plan.check_inputs(p.neurons, m_b, p.plan)
+            plan.check_inputs(p.neurons, m_b, p.plan, m if in_dual else n_x)
         except (params_mod.ParameterError, ValueError) as e:
             raise Rejected(f"{params_key}: {e}") from e
+        m_all = m + (0 if ds.test is None else ds.test.m)
+        gram = memory.problem(len(body), m_all, ds.image_shape, 8 * m * m) if in_dual else None
+        if gram is not None:
+            raise Rejected(f"{obj.key}: {gram}")
         train_key = data_key(run_id, "train")
         self.s.objects.put_arrays(train_key, x=train.x, y=train.y)
         test_key = None
@@ -128,27 +210,50 @@ class Launcher:
         start = initial_weights(p, n_x)
         self.s.weights.write(run_id, 0, dual.initial_state(start, m) if in_dual else start)
         spe = schedule.batches_per_epoch(p, m)
-        return {
-            "params": p.to_json(),
-            "params_source": params_key if text is not None else "default",
-            "warnings": list(p.warnings),
-            "data_key": train_key,
-            "test_key": test_key,
-            "n_x": n_x,
-            "m": m,
-            "m_test": 0 if ds.test is None else ds.test.m,
-            "image_shape": list(ds.image_shape),
-            "classes": list(ds.classes),
-            "steps_per_epoch": spe,
-            "total_steps": p.epochs * spe,
+        return Prepared(
+            params=p.to_json(),
+            params_source=params_key if text is not None else "default",
+            params_version=params_version,  # None: the defaults, or no versioning
+            warnings=list(p.warnings),
+            data_key=train_key,
+            test_key=test_key,
+            n_x=n_x,
+            m=m,
+            m_test=0 if ds.test is None else ds.test.m,
+            image_shape=list(ds.image_shape),
+            classes=list(ds.classes),
+            steps_per_epoch=spe,
+            total_steps=p.epochs * spe,
             # decided once: the stored weights' layout must not change under a running run
-            "first_layer": "dual" if in_dual else "primal",
-            "weights_version": 0,
-            "epochs_done": 0,
-            "partial_sum": (0.0).hex(),
-            "partial_n": 0,
-            "heartbeat": time.time(),
-        }
+            first_layer="dual" if in_dual else "primal",
+        )
+
+    def _parameters(self, params_key: str, obj: UploadedObject) -> tuple[bytes | None, str | None]:
+        """The text of the `parameters.json` version current when the dataset was uploaded
+        (None: the defaults), and its version id (the module docstring says which)."""
+        if obj.version_id is None:  # a bucket without versioning: nothing to pin
+            try:
+                return self.s.objects.get_optional(params_key, MAX_PARAMS_BYTES), None
+            except StateError as e:
+                raise Rejected(f"{params_key}: {e}") from e
+        try:
+            when = self.s.objects.head(obj.key, obj.version_id)["LastModified"]
+        except StateError as e:
+            gone = "the uploaded object is gone: " if isinstance(e, NotFound) else ""
+            raise Rejected(f"{obj.key}: {gone}{e}") from e
+        try:
+            pinned = pinned_version(self.s.objects.versions(params_key), when)
+            if pinned is None or pinned.deleted:
+                return None, None
+            text = self.s.objects.get(params_key, MAX_PARAMS_BYTES, pinned.version_id)
+        except NotFound as e:
+            raise Rejected(
+                f"{params_key}: the version current when the dataset was uploaded is gone "
+                f"({e}): upload parameters.json, then the dataset, again"
+            ) from e
+        except (StateError, ValueError) as e:
+            raise Rejected(f"{params_key}: {e}") from e
+        return text, pinned.version_id
 
     def _reject(self, run_id: str, obj: UploadedObject, reason: str) -> dict[str, Any]:
         log.warning("upload rejected", extra={"run_id": run_id, "reason": reason})
@@ -156,9 +261,6 @@ class Launcher:
             self.s.runs.fail(run_id, reason, from_statuses=(PREPARING,))
         except Conflict:
             return {"run_id": run_id, "outcome": "duplicate"}
-        self.s.notifier.publish(
-            f"itsacat: run {run_id} failed",
-            f"Training of s3://{obj.bucket}/{obj.key} did not start: {reason}",
-            {"status": "FAILED", "run_id": run_id, "error": reason, "dataset": obj.key},
-        )
+        self.s.notifier.run_failed(run_id, reason, dataset=f"s3://{obj.bucket}/{obj.key}")
+        self.s.runs.mark_notified(run_id)
         return {"run_id": run_id, "outcome": "failed", "error": reason}

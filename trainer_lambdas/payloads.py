@@ -256,10 +256,19 @@ def uploaded_objects(event: Any) -> list[UploadedObject]:
                 body = json.loads(rec["body"])
             except (KeyError, ValueError) as e:
                 raise PayloadError(f"an SQS record's body is not JSON: {e}") from e
+            if not isinstance(body, dict):
+                raise PayloadError(
+                    f"an SQS record's body is JSON but not an S3 event: {type(body).__name__}"
+                )
             if body.get("Event") == "s3:TestEvent":
                 continue
             if body.get("Type") == "Notification" and "Message" in body:  # via SNS
-                body = json.loads(body["Message"])
+                try:
+                    body = json.loads(body["Message"])
+                except (TypeError, ValueError) as e:
+                    raise PayloadError(f"an SNS message's body is not JSON: {e}") from e
+            if not isinstance(body, dict) or not isinstance(body.get("Records", []), list):
+                raise PayloadError("an SQS record's body is not an S3 event")
             records += body.get("Records", [])
         elif rec.get("eventSource") == "aws:s3":
             records.append(rec)

@@ -5,14 +5,23 @@ invocation, the default). The `hybrid` plan fans out only the first `remote_laye
 the other layers get no blocks, and the trainer computes them itself. Blocks are capped so
 that a request or response stays under Lambda's 6 MB synchronous payload limit (a block's
 weight gradient is rows x inputs float64 values, hex-encoded).
+
+The budget of one request: its block's own arrays (`max_rows`: at most ARRAY_BUDGET) plus
+the inputs every block of its layer gets whole (`shared_bytes`: at most ARRAY_BUDGET, which
+`check_inputs` enforces at launch) plus JSON_ROOM and the batch's `indices` (`json_room`)
+stay within PAYLOAD_LIMIT: `max_rows` takes the shared inputs into account, so the two
+budgets together never pass the limit.
 """
 
 from dataclasses import dataclass
 
 PAYLOAD_LIMIT = 6 * 1024 * 1024
-# What the arrays of one block may take, leaving room for the rest of the JSON.
+# What the arrays of one block may take, and what the inputs its layer's requests share may.
 ARRAY_BUDGET = 4 * 1024 * 1024
 HEX = 2  # bytes of payload per byte of array (hex)
+# A request's JSON besides its arrays and its `indices`: keys, shapes, ids (well under this).
+JSON_ROOM = 64 * 1024
+INDEX_BYTES = 8  # an example's index in `indices`: up to 6 digits and ", "
 
 
 @dataclass(frozen=True)
@@ -26,13 +35,37 @@ class Block:
         return self.hi - self.lo
 
 
-def max_rows(n_prev: int, m: int) -> int:
-    """Most rows one block may carry: its weights or dW (rows x n_prev) and its rows of A
-    and dZ (rows x m), with room to spare. (Not counted: the layer's inputs, which every
-    block of a layer gets whole, twice for a hidden layer: `check_inputs` refuses, at
-    launch, a network whose inputs alone would not fit.)"""
-    per_row = 8 * HEX * (n_prev + 3 * m + 1)
-    return max(1, int(ARRAY_BUDGET // per_row))
+def json_room(m: int) -> int:
+    """What a request may carry besides its arrays: JSON_ROOM, and the `indices` of a
+    mini-batch of up to `m` examples."""
+    return JSON_ROOM + INDEX_BYTES * m
+
+
+def row_bytes(n_prev: int, m: int) -> int:
+    """A block's own payload per row: its weights or dW (n_prev values) and its rows of A,
+    dZ and P0 or a deferred dZ (m values each), and its bias; an upper bound of both its
+    request's and its response's own arrays."""
+    return 8 * HEX * (n_prev + 3 * m + 1)
+
+
+def shared_bytes(layer: int, n_layers: int, n_prev: int, m: int) -> int:
+    """The inputs every request of `layer` (1-based) gets whole: none for the first layer
+    (its inputs live with the neurons), the layer's input for the output layer, and for a
+    hidden layer also the input of the step before (its deferred update)."""
+    return _copies(layer, n_layers) * n_prev * m * 8 * HEX
+
+
+def _copies(layer: int, n_layers: int) -> int:
+    return 0 if layer == 1 else 1 if layer == n_layers else 2
+
+
+def max_rows(n_prev: int, m: int, shared: int = 0) -> int:
+    """Most rows one block may carry: its own arrays (`row_bytes` per row) within
+    ARRAY_BUDGET, and within what the payload limit leaves after the layer's `shared`
+    inputs and the JSON (`json_room`). At least 1: `check_inputs` refuses, at launch, a
+    network whose one row and inputs would not fit."""
+    own = min(ARRAY_BUDGET, PAYLOAD_LIMIT - json_room(m) - shared)
+    return max(1, int(own // row_bytes(n_prev, m)))
 
 
 def plan(
@@ -49,7 +82,7 @@ def plan(
     layers: list[list[Block]] = []
     n_prev = n_x
     for layer, n in enumerate(neurons, start=1):
-        k = min(fanout, max_rows(n_prev, m))
+        k = min(fanout, max_rows(n_prev, m, shared_bytes(layer, len(neurons), n_prev, m)))
         if remote_layers is not None and layer > remote_layers:
             layers.append([])
             n_prev = n
@@ -59,21 +92,33 @@ def plan(
     return layers
 
 
-def check_inputs(neurons: tuple[int, ...], m: int, kind: str) -> None:
+def check_inputs(neurons: tuple[int, ...], m: int, kind: str, n_x: int | None = None) -> None:
     """Raise ValueError when a fanned-out layer's requests cannot fit Lambda's payload
     limit whatever their blocks: a layer after the first gets its input whole, and a hidden
-    one also the input of the step before (its deferred update), m values per input row."""
-    if kind == "hybrid":  # only layer 1 fans out, and its inputs live with the neurons
-        return
-    last = len(neurons) - 1
-    for i in range(1, len(neurons)):
-        copies = 1 if i == last else 2
-        size = copies * neurons[i - 1] * m * 8 * HEX
-        if size > ARRAY_BUDGET:
+    one also the input of the step before (its deferred update), m values per input row;
+    those inputs may take ARRAY_BUDGET, and with one row of the block's own arrays and the
+    JSON they must fit PAYLOAD_LIMIT. (`n_x`: the first layer is checked too.)"""
+    remote = 1 if kind == "hybrid" else len(neurons)  # hybrid: only layer 1 fans out
+    widths = ([] if n_x is None else [(1, n_x)]) + [
+        (i + 1, neurons[i - 1]) for i in range(1, remote)
+    ]
+    for layer, n_prev in widths:
+        shared = shared_bytes(layer, len(neurons), n_prev, m)
+        if shared > ARRAY_BUDGET:
             raise ValueError(
-                f"layer {i + 1}'s requests would carry {size / 2**20:.1f} MB of inputs "
-                f"({copies} x {neurons[i - 1]} x {m} values), over what one Lambda request "
-                f"holds: use fewer neurons in layer {i} or the 'hybrid' plan"
+                f"layer {layer}'s requests would carry {shared / 2**20:.1f} MB of inputs "
+                f"({_copies(layer, len(neurons))} x {n_prev} x {m} values), over what one "
+                "Lambda request "
+                f"holds: use fewer neurons in layer {layer - 1} or the 'hybrid' plan"
+            )
+        need = shared + row_bytes(n_prev, m) + json_room(m)
+        if need > PAYLOAD_LIMIT:
+            raise ValueError(
+                f"one neuron of layer {layer} needs a request of {need / 2**20:.1f} MB "
+                f"({n_prev} inputs, a batch of {m} examples), over Lambda's "
+                f"{PAYLOAD_LIMIT // 2**20} MB payload limit: use a smaller batch_size"
+                + (f", fewer neurons in layer {layer - 1}" if layer > 1 else "")
+                + ("" if layer == 1 or kind == "hybrid" else " or the 'hybrid' plan")
             )
 
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from state.errors import Conflict
+from state.runs import TRAINING
 from trainer_lambdas import services
 from trainer_lambdas.payloads import TrainerEvent
 
@@ -23,29 +24,26 @@ def sweep(now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     redriven, failed = [], []
     for run in s.runs.active():
-        if run.status != "TRAINING":
+        if run.status != TRAINING or run.cursor is None:
             continue
-        expired = float(run.get("lease_until", 0)) < now
-        quiet = float(run.get("heartbeat", 0)) < now - cfg.lease_seconds
+        expired = run.lease_until < now
+        quiet = run.heartbeat < now - cfg.lease_seconds
         if not (expired and quiet):
             continue
-        cursor = int(run.get("cursor", 0))
-        previous = int(run.get("stalls", 0))
-        stalls = previous + 1 if run.get("stall_cursor") == cursor else 1
+        cursor = run.cursor
+        previous = run.stalls
+        stalls = previous + 1 if run.stall_cursor == cursor else 1
         if stalls > MAX_STALLS:
             reason = (
                 f"the trainer stopped {MAX_STALLS} times in a row at step {cursor}; last "
-                f"error: {run.get('last_error', 'none recorded')}"
+                f"error: {run.last_error or 'none recorded'}"
             )
             try:
                 s.runs.fail(run.run_id, reason)
             except Conflict:
                 continue  # it moved on (or ended) meanwhile
-            s.notifier.publish(
-                f"itsacat: run {run.run_id} failed",
-                reason,
-                {"status": "FAILED", "run_id": run.run_id, "error": reason},
-            )
+            s.notifier.run_failed(run.run_id, reason)
+            s.runs.mark_notified(run.run_id)
             failed.append(run.run_id)
             continue
         try:

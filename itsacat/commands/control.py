@@ -17,7 +17,7 @@ from itsacat.errors import UserError
 from itsacat.runview import Runs
 from state.errors import Conflict, StateError
 from state.functions import Functions
-from state.runs import CANCELLED, FAILED, PREPARING, SUCCEEDED, TRAINING, Run
+from state.runs import CANCELLED, FAILED, PREPARING, SUCCEEDED, TRAINING, RunRecord
 from trainer_lambdas.payloads import TrainerEvent
 
 
@@ -49,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cancel)
 
 
-def _where(run: Run) -> str:
-    epochs = int((run.get("params") or {}).get("epochs", 0))
-    return f"epoch {int(run.get('epochs_done', 0))} of {epochs}, step {int(run.get('cursor', 0))}"
+def _where(run: RunRecord) -> str:
+    epochs = int((run.params or {}).get("epochs", 0))
+    return f"epoch {run.epochs_done} of {epochs}, step {run.cursor or 0}"
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -66,10 +66,10 @@ def resume(args: argparse.Namespace) -> int:
             "it starts training by itself"
         )
     if run.status in (FAILED, CANCELLED):
-        if run.get("cursor") is None:
+        if run.cursor is None:
             raise UserError(
                 f"run {run.run_id} {run.status.lower()} before training started "
-                f"({run.get('error')}); fix the input and upload it again"
+                f"({run.error}); fix the input and upload it again"
             )
         try:
             run = runs.runs.resume(run.run_id)
@@ -79,8 +79,8 @@ def resume(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from e
         print(f"run {run.run_id} is TRAINING again from {_where(run)}", file=sys.stderr)
     elif run.status == TRAINING:
-        until = float(run.get("lease_until", 0))
-        if run.get("lease_owner") and until > time.time():
+        until = float(run.lease_until)
+        if run.lease_owner and until > time.time():
             print(
                 f"run {run.run_id} is training ({_where(run)}); its trainer holds the lease for "
                 f"{until - time.time():.0f} s more, so there is nothing to resume"
@@ -114,6 +114,6 @@ def cancel(args: argparse.Namespace) -> int:
         ) from e
     except StateError as e:
         raise UserError(str(e)) from e
-    where = f" at {_where(run)}" if run.get("cursor") is not None else " before training began"
+    where = f" at {_where(run)}" if run.cursor is not None else " before training began"
     print(f"cancelled run {run.run_id}{where}; `itsacat resume {run.run_id}` continues it")
     return 0

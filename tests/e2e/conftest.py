@@ -22,7 +22,7 @@ from state import clients
 from state.costs import CostStore
 from state.models import ModelStore
 from state.objects import ObjectStore
-from state.runs import ACTIVE, Run, RunStore
+from state.runs import ACTIVE, RunRecord, RunStore
 from trainer_lambdas import datasets
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn import reference
@@ -79,12 +79,12 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for r in self.runs().all():
-                if (r.get("dataset") or {}).get("key") == key:
+                if (r.dataset or {}).get("key") == key:
                     return str(r.run_id)
             time.sleep(0.1)
         raise AssertionError(f"no run appeared for {key}")
 
-    def wait(self, run_id: str, timeout_s: float = 120) -> Run:
+    def wait(self, run_id: str, timeout_s: float = 120) -> RunRecord:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             run = self.runs().get(run_id)

@@ -38,11 +38,11 @@ def test_a_fan_out_of_20_on_an_account_limit_of_10_is_throttled_and_still_exact(
 ) -> None:
     run_id = stack.run_for(stack.upload(PARAMS))
     run = stack.wait(run_id, timeout_s=180)
-    assert run.status == SUCCEEDED, run.get("error")
+    assert run.status == SUCCEEDED, run.error
     assert_equals_reference(stack, run_id, PARAMS)
     # Throttled by Lambda, counted by the runtime and by the run.
     stats = stack.stats()
     assert stats["concurrency"]["account_limit"] == 10
     assert 0 < stats["concurrency"]["peak"] <= 10
     assert stats["functions"][stack.env["NEURON_FUNCTION"]]["throttles"] > 0
-    assert int(run.get("throttles", 0)) > 0
+    assert int(run.throttles) > 0

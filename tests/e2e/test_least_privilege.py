@@ -84,7 +84,7 @@ def test_a_missing_permission_fails_the_run_with_the_denied_action(
     run_id = stack.run_for(stack.upload({**SMALL, "epochs": 2}))
     run = stack.wait(run_id, timeout_s=180)
     assert run.status == FAILED
-    error = str(run.get("error"))
+    error = str(run.error)
     assert "AccessDenied" in error, error
     assert action in error and resource in error, error
     assert "assumed-role/" in error, error

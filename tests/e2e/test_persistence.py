@@ -134,8 +134,8 @@ def test_a_run_killed_with_the_emulator_is_resumed_and_outlives_down_and_up(
     params = {**SMALL, "epochs": 700}  # ~60 epochs/s here: long enough to be killed in
     run_id = stack.run_for(stack.upload(params))
     run = stack.runs().get(run_id)
-    while not run.get("cursor"):  # until the first commit
-        assert run.status in (PREPARING, TRAINING), run.get("error")
+    while not run.cursor:  # until the first commit
+        assert run.status in (PREPARING, TRAINING), run.error
         time.sleep(0.05)
         run = stack.runs().get(run_id)
     # A snapshot taken after it, then the emulator dies in the middle of the run.

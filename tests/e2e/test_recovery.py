@@ -41,7 +41,7 @@ def test_trainer_hands_over_before_its_time_limit(stack: Stack) -> None:
     params = {**SMALL, "epochs": 60, "batch_size": 16}
     run_id = stack.run_for(stack.upload(params))
     run = stack.wait(run_id, timeout_s=240)
-    assert run.status == SUCCEEDED, run.get("error")
+    assert run.status == SUCCEEDED, run.error
     assert run.handovers >= 1
     assert stack.stats()["functions"][stack.env["TRAINER_FUNCTION"]]["timeouts"] == 0
     assert_equals_reference(stack, run_id, params)
@@ -50,7 +50,7 @@ def test_trainer_hands_over_before_its_time_limit(stack: Stack) -> None:
 def test_watchdog_redrives_a_killed_trainer(stack: Stack) -> None:
     params = {**SMALL, "epochs": 80}
     run_id = stack.run_for(stack.upload(params))
-    wait_for(lambda: stack.runs().get(run_id).get("epochs_done", 0) >= 3, timeout_s=120)
+    wait_for(lambda: stack.runs().get(run_id).epochs_done >= 3, timeout_s=120)
     trainer = stack.env["TRAINER_FUNCTION"]
     crashes = stack.stats()["functions"][trainer]["crashes"]
 
@@ -63,7 +63,7 @@ def test_watchdog_redrives_a_killed_trainer(stack: Stack) -> None:
     wait_for(kill_trainers, timeout_s=120, interval_s=0.02)
     killed_at = stack.runs().get(run_id).cursor
     run = stack.wait(run_id, timeout_s=240)
-    assert run.status == SUCCEEDED, run.get("error")
+    assert run.status == SUCCEEDED, run.error
     assert run.redrives >= 1  # only the watchdog could start it again
     assert killed_at < run.cursor
     assert_equals_reference(stack, run_id, params)

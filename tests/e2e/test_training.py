@@ -82,7 +82,7 @@ def test_aws_cli_upload_trains_minibatch_blocks_equal_to_the_reference(
         )
     run_id = stack.run_for(f"{folder}/datasets.h5")
     run = stack.wait(run_id)
-    assert run.status == SUCCEEDED, run.get("error")
+    assert run.status == SUCCEEDED, run.error
     assert_equals_reference(stack, run_id, params)
     # 3 batches x 4 epochs x 2 + 1 + 1 blocks forward (with 40 examples and 192 inputs the
     # first layer is in the dual form, its backward pass the trainer's; the output block does
@@ -146,7 +146,7 @@ def test_a_trainer_delivered_twice_does_not_repeat_a_step(stack: Stack) -> None:
     run = stack.wait(run_id)
     assert run.status == SUCCEEDED
     assert_equals_reference(stack, run_id, params)
-    wait_for(lambda: stack.runs().get(run_id).get("duplicates", 0) >= 2)
+    wait_for(lambda: stack.runs().get(run_id).duplicates >= 2)
     # and once more after the end: nothing moves
     reply = lam.invoke(
         FunctionName=stack.env["TRAINER_FUNCTION"],
@@ -160,7 +160,7 @@ def test_a_trainer_delivered_twice_does_not_repeat_a_step(stack: Stack) -> None:
 def test_a_neuron_delivered_twice_changes_nothing(stack: Stack) -> None:
     run_id = stack.run_for(stack.upload(SMALL))
     run = stack.wait(run_id)
-    before = dict(stack.runs().get(run_id).item)
+    before = stack.runs().get(run_id)
     w = np.random.default_rng(0).normal(size=(2, 192))
     req = NeuronRequest(run_id, run.data_key, "forward", 1, 0, 2, "relu", w, np.zeros((2, 1)))
     lam = boto3.client("lambda")
@@ -174,7 +174,7 @@ def test_a_neuron_delivered_twice_changes_nothing(stack: Stack) -> None:
     x, _ = DATA.require_train().columns()
     a = unpack(json.loads(replies[0])["a"], "a")
     np.testing.assert_allclose(a, np.maximum(w @ x, 0), rtol=1e-12)
-    assert stack.runs().get(run_id).item == before
+    assert stack.runs().get(run_id) == before
 
 
 @pytest.fixture

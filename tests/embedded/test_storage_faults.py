@@ -33,6 +33,7 @@ from state import clients
 from state.clients import batch_write
 from state.errors import Conflict, StateError
 from state.runs import RunStore
+from tests.support.runs import progress, started_run
 from tests.support.template import create_tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -542,8 +543,7 @@ def test_an_ambiguous_run_transition_is_resolved_by_reading_the_record_back(
     names = create_tables(client(url, "dynamodb", function=False), f"amb-{uuid.uuid4().hex[:6]}")
     runs = RunStore(names["RunsTable"], client(url, "dynamodb"))
     before = sum(injected(url)["ambiguous"].values())
-    runs.create("r1", {"params": {}})
-    runs.start("r1", {"heartbeat": 0})
+    started_run(runs, "r1", stale=False)
     # (Taking a lease one holds already is idempotent: its copy succeeds, and is answered
     # with an error again, every time: a store without faults takes it.)
     RunStore(names["RunsTable"], client(url, "dynamodb", function=False)).acquire(
@@ -553,16 +553,16 @@ def test_an_ambiguous_run_transition_is_resolved_by_reading_the_record_back(
         "r1",
         "trainer-a",
         expected_cursor=0,
-        fields={"cursor": 1, "epochs_done": 1},
+        progress=progress(1),
         counters={"invocations": 3},
         lease_seconds=30,
     )
-    assert run.cursor == 1 and run.get("lease_owner") == "trainer-a"
-    assert int(run.get("invocations")) == 3  # added once: the copy was refused
+    assert run.cursor == 1 and run.lease_owner == "trainer-a"
+    assert int(run.invocations) == 3  # added once: the copy was refused
     assert sum(injected(url)["ambiguous"].values()) >= before + 3
     # A write that was not ours is still a conflict: another trainer's commit at the old
     # cursor, and ours again at a cursor that has moved on.
     with pytest.raises(Conflict):
-        runs.commit("r1", "trainer-b", 1, {"cursor": 2}, {}, lease_seconds=30)
+        runs.commit("r1", "trainer-b", 1, progress(2), {}, lease_seconds=30)
     with pytest.raises(Conflict):
-        runs.commit("r1", "trainer-a", 0, {"cursor": 1}, {}, lease_seconds=30)
+        runs.commit("r1", "trainer-a", 0, progress(1), {}, lease_seconds=30)

@@ -5,6 +5,7 @@ directly (through the same JSON payloads), and `start()` of functions recorded.
 """
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from tests.support.template import create_tables
 from trainer_lambdas import neuron
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
-from trainer_lambdas.invoker import Counters
+from trainer_lambdas.invoker import Counters, LeaseLost
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, UploadedObject
 
 BUCKET = "itsacat-test"
@@ -47,8 +48,11 @@ class InProcessInvoker:
         self.objects = objects
         self.counters = Counters()
         self.requests: list[NeuronRequest] = []
+        self.halt = threading.Event()  # as `LambdaInvoker.halt`
 
     def __call__(self, requests: Sequence[NeuronRequest]) -> list[NeuronResponse]:
+        if self.halt.is_set():
+            raise LeaseLost("the run's lease was lost; no more neuron invocations")
         out = []
         for r in requests:
             self.counters.add("invocations")

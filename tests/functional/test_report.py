@@ -16,7 +16,7 @@ from itsacat.errors import UserError
 from itsacat.report import Sources, gather, make_report, write_report
 from state.clients import client as cached_client
 from state.models import LoadedModel
-from state.runs import COUNTERS, SUCCEEDED
+from state.runs import SUCCEEDED
 from tests.functional.conftest import BUCKET, InProcessInvoker, World
 from trainer_lambdas import datasets
 from trainer_lambdas.coordinator import Coordinator
@@ -99,13 +99,13 @@ def test_report_of_a_finished_run(world: World, tmp_path: Path) -> None:
     assert f"s3://{BUCKET}/models/{run_id}/" in md
     assert "re-drives" in md and "handovers" in md
     assert run.invocations > 0
-    assert "| " + " | ".join(str(int(run.get(k, 0))) for k in COUNTERS) + " |" in md
+    assert "| " + " | ".join(str(v) for v in run.counters().values()) + " |" in md
     assert "per epoch" in md and "not recorded per epoch" in md
 
 
 def test_report_without_a_test_set_leaves_out_the_test_plots(world: World, tmp_path: Path) -> None:
     run_id = finished(world, datasets.synthesize(m_train=30, m_test=0, side=8, seed=2))
-    assert world.stores.runs.get(run_id).get("test_key") is None
+    assert world.stores.runs.get(run_id).test_key is None
     out = tmp_path / "r"
     out.mkdir()
     (out / "confusion.png").write_bytes(b"stale from an earlier report")

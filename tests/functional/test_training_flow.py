@@ -196,7 +196,7 @@ def test_handover_before_the_time_limit_gives_the_same_numbers(world: World) -> 
         {"kind": "trainer", "run_id": run_id, "reason": "handover"},
     )
     run = world.stores.runs.get(run_id)
-    assert run.cursor == 3 and run.handovers == 1 and "lease_owner" not in run.item
+    assert run.cursor == 3 and run.handovers == 1 and run.lease_owner is None
     assert drive(world, run_id, owner="b")["outcome"] == "succeeded"
     assert_equal_to_reference(world, run_id, params)
 
@@ -225,7 +225,7 @@ def test_crash_mid_run_then_redrive_gives_the_same_numbers(world: World) -> None
         c.drive(TrainerEvent(run_id), "a", FOREVER)
     run = world.stores.runs.get(run_id)
     assert run.cursor == 4 and "worker killed" in run.last_error
-    assert "lease_owner" not in run.item  # released for the retry
+    assert run.lease_owner is None  # released for the retry
     assert drive(world, run_id, owner="b")["outcome"] == "succeeded"
     assert_equal_to_reference(world, run_id, params)
 
@@ -317,9 +317,9 @@ def test_the_launcher_decides_the_first_layer_form_once_for_the_run(world: World
     """The trainer follows the run record, not the parameters' "auto": a run launched
     before the dual form existed (no `first_layer` in its record) goes on training W1."""
     run_id = launch(world, {**PARAMS, "epochs": 2})
-    assert world.stores.runs.get(run_id).get("first_layer") == "dual"  # 40 examples < 192 inputs
+    assert world.stores.runs.get(run_id).first_layer == "dual"  # 40 examples < 192 inputs
     old = launch(world, {**PARAMS, "epochs": 2, "first_layer": "primal"}, key="old")
-    assert world.stores.runs.get(old).get("first_layer") == "primal"
+    assert world.stores.runs.get(old).first_layer == "primal"
     world.stores.runs.client.update_item(
         TableName=world.stores.runs.table,
         Key={"run_id": {"S": old}},
@@ -367,7 +367,7 @@ def test_a_diverging_run_fails_at_once_saying_where(
     assert out["outcome"] == "diverged"
     run = world.stores.runs.get(run_id)
     assert run.status == FAILED
-    assert run.get("error").startswith("diverged at epoch 2 (cost is nan)")
-    assert "learning_rate" in run.get("error")
+    assert run.error.startswith("diverged at epoch 2 (cost is nan)")
+    assert "learning_rate" in run.error
     assert [n["status"] for n in world.notifications()][-1:] == ["FAILED"]
     assert len(world.stores.costs.list(run_id)) <= 2  # the finite epochs only

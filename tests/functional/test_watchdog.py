@@ -13,6 +13,7 @@ import pytest
 from state.errors import Conflict
 from state.runs import FAILED, TRAINING
 from tests.functional.conftest import World
+from tests.support.runs import progress, started_run
 from trainer_lambdas import services, watchdog
 
 
@@ -24,9 +25,7 @@ def sweep(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
 
 
 def _stalled_run(world: World, run_id: str) -> None:
-    runs = world.stores.runs
-    runs.create(run_id, {"params": {}})
-    runs.start(run_id, {"heartbeat": 0})  # no lease, no heartbeat: its trainer is gone
+    started_run(world.stores.runs, run_id)  # no lease, no heartbeat: its trainer is gone
 
 
 def test_a_long_run_with_many_crashes_between_commits_is_not_failed(sweep: World) -> None:
@@ -38,7 +37,7 @@ def test_a_long_run_with_many_crashes_between_commits_is_not_failed(sweep: World
         runs._update("r-long", "test: a commit", set_={"cursor": step, "lease_until": 0})
     run = runs.get("r-long")
     assert run.status == TRAINING
-    assert int(run.get("redrives")) == 3 * watchdog.MAX_STALLS - 1  # all of them, counted
+    assert int(run.redrives) == 3 * watchdog.MAX_STALLS - 1  # all of them, counted
 
 
 def test_a_run_stalled_at_one_step_is_failed_after_max_stalls(sweep: World) -> None:
@@ -48,7 +47,7 @@ def test_a_run_stalled_at_one_step_is_failed_after_max_stalls(sweep: World) -> N
     assert watchdog.sweep() == {"redriven": [], "failed": ["r-stuck"]}
     run = sweep.stores.runs.get("r-stuck")
     assert run.status == FAILED
-    assert f"stopped {watchdog.MAX_STALLS} times in a row at step 0" in run.get("error")
+    assert f"stopped {watchdog.MAX_STALLS} times in a row at step 0" in run.error
     assert len(sweep.functions.started) == watchdog.MAX_STALLS
 
 
@@ -59,7 +58,7 @@ def test_two_sweeps_that_saw_the_same_stall_re_drive_it_once(sweep: World) -> No
     runs.redrive("r-dup", 0, 0, 1, now=10**10)
     with pytest.raises(Conflict):
         runs.redrive("r-dup", 0, 0, 1, now=10**10)  # the twin: it saw stalls=0 as well
-    assert int(runs.get("r-dup").get("redrives")) == 1
+    assert int(runs.get("r-dup").redrives) == 1
 
 
 def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -> None:
@@ -75,6 +74,6 @@ def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -
     with pytest.raises(Conflict):
         runs.acquire("r-twins", twin, 30)
     runs.release("r-twins", twin, "the twin failed")  # a no-op: not its lease
-    assert runs.get("r-twins").get("lease_owner") == first
-    run = runs.commit("r-twins", first, 0, {"cursor": 1}, {}, lease_seconds=30)
+    assert runs.get("r-twins").lease_owner == first
+    run = runs.commit("r-twins", first, 0, progress(1), {}, lease_seconds=30)
     assert run.cursor == 1

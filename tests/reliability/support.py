@@ -26,7 +26,7 @@ from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
 from state.costs import CostStore
 from state.models import ModelStore
-from state.runs import ACTIVE, Run, RunStore
+from state.runs import ACTIVE, RunRecord, RunStore
 from trainer_lambdas import datasets
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn import reference
@@ -88,7 +88,7 @@ class Client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for run in self.runs.all():
-                if (run.get("dataset") or {}).get("key") == key:
+                if (run.dataset or {}).get("key") == key:
                     return str(run.run_id)
             time.sleep(0.2)
         raise AssertionError(f"no run appeared for {key} within {timeout_s} s")
@@ -96,7 +96,7 @@ class Client:
     def submit(self, params: dict, body: bytes = DATA_BYTES, name: str = "") -> str:
         return self.run_for(self.upload(body, params, name))
 
-    def wait(self, run_id: str, timeout_s: float = 120, statuses: tuple = ()) -> Run:
+    def wait(self, run_id: str, timeout_s: float = 120, statuses: tuple = ()) -> RunRecord:
         """Poll until the run leaves PREPARING/TRAINING (or reaches one of `statuses`)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -105,16 +105,15 @@ class Client:
                 return run
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"run {run_id} still {run.status} at cursor {run.get('cursor')} "
-                    f"after {timeout_s} s"
+                    f"run {run_id} still {run.status} at cursor {run.cursor} after {timeout_s} s"
                 )
             time.sleep(0.2)
 
-    def wait_cursor(self, run_id: str, cursor: int, timeout_s: float = 60) -> Run:
+    def wait_cursor(self, run_id: str, cursor: int, timeout_s: float = 60) -> RunRecord:
         deadline = time.monotonic() + timeout_s
         while True:
             run = self.runs.get(run_id)
-            if int(run.get("cursor", 0)) >= cursor or run.status not in ACTIVE:
+            if (run.cursor or 0) >= cursor or run.status not in ACTIVE:
                 return run
             if time.monotonic() > deadline:
                 raise AssertionError(f"run {run_id} did not reach cursor {cursor}")
@@ -136,7 +135,7 @@ def assert_equals_reference(
     """Per-epoch costs and final parameters equal the reference's (relative 1e-9)."""
     ref = reference_result(params, data)
     run = client.runs.get(run_id)
-    assert run.status == "SUCCEEDED", (run.status, run.get("error"), run.get("last_error"))
+    assert run.status == "SUCCEEDED", (run.status, run.error, run.last_error)
     costs = client.costs.list(run_id)
     assert len(costs) == len(ref.costs)
     np.testing.assert_allclose(costs, ref.costs, rtol=1e-9, atol=0)

@@ -71,13 +71,13 @@ def test_every_malformed_training_input_fails_its_run_with_the_reason(
         run_id = steady.run_for(keys[item["name"]], timeout_s=90)
         run = steady.wait(run_id, timeout_s=60)
         expected = item["expect"]
-        if run.status != expected["status"] or expected["reason"] not in (run.get("error") or ""):
-            problems.append((item["name"], run.status, run.get("error")))
+        if run.status != expected["status"] or expected["reason"] not in (run.error or ""):
+            problems.append((item["name"], run.status, run.error))
         for prefix in (f"models/{run_id}/", f"runs/{run_id}/"):
             listed = steady.s3.list_objects_v2(Bucket=steady.bucket, Prefix=prefix)
             if listed.get("KeyCount", 0):
                 problems.append((item["name"], "wrote", prefix))
-        if run.get("cursor") is not None:
+        if run.cursor is not None:
             problems.append((item["name"], "trained", run.cursor))
     assert problems == []
     after = steady_stack.stats()["functions"]["itsacat-launch"]

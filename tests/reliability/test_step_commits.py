@@ -5,7 +5,8 @@ process, on a table made from the template's key schema) through random sequence
 trainer invocations do: take the lease, commit the next step from the cursor they saw, hand
 over, give the lease back after an error, and what happens around them: leases expire,
 duplicate deliveries share an owner (Lambda reuses the request id of an event it retries or
-duplicates), late deliveries act on a stale view, runs are cancelled and resumed. A small
+duplicates, but each delivery holds the lease under a token of its own), late deliveries act
+on a stale view, runs are cancelled and resumed. A small
 model predicts each write's outcome; the store must agree, and its committed steps must be
 exactly 1, 2, 3, ... in order: none twice, none skipped, each from the lease holder that
 saw the cursor before it.
@@ -30,7 +31,9 @@ from moto import mock_aws
 import state.runs
 from state.errors import Conflict
 from state.runs import CANCELLED, TRAINING, RunStore
+from tests.support.runs import progress, started_run
 from tests.support.template import create_tables
+from trainer_lambdas.trainer import lease_token
 
 LEASE = 30.0
 OWNERS = ("req-a", "req-b")
@@ -105,9 +108,10 @@ def test_random_interleavings_commit_every_step_exactly_once(
     clock = Clock()
     run_id = f"prop-{uuid.uuid4().hex[:10]}"
     with mock.patch.object(state.runs, "time", clock.module()):
-        store.create(run_id, {})
-        store.start(run_id, {"weights_version": 0})
-        deliveries = [Delivery(OWNERS[i % 2]) for i in range(4)]
+        started_run(store, run_id, stale=False)
+        # Lambda keeps the request id on a retry or a duplicate delivery; each delivery
+        # holds the lease under a token of its own (`lease_token`).
+        deliveries = [Delivery(lease_token(OWNERS[i % 2])) for i in range(4)]
         m = Model()
         for action, index in actions:
             d = deliveries[index]
@@ -115,8 +119,8 @@ def test_random_interleavings_commit_every_step_exactly_once(
             run = store.get(run_id)
             assert run.status == m.status
             assert run.cursor == m.cursor
-            assert run.get("lease_owner") == m.owner
-            assert run.get("step") == (m.committed[-1] if m.committed else None)
+            assert run.lease_owner == m.owner
+            assert run.epochs_done == (m.committed[-1] if m.committed else 0)
     # No step twice, none skipped: the successful commits were 1, 2, ..., cursor, in order.
     assert m.committed == list(range(1, m.cursor + 1))
 
@@ -147,7 +151,7 @@ def apply(store: RunStore, run_id: str, clock: Clock, m: Model, action: str, d: 
                 run_id,
                 d.owner,
                 expected_cursor=d.seen,
-                fields={"cursor": step, "weights_version": step, "step": step},
+                progress=progress(step, d.owner),
                 counters={},
                 lease_seconds=LEASE,
                 release=action == "handover",
