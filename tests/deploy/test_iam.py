@@ -126,3 +126,19 @@ def test_the_walker_catches_wildcards() -> None:
         {"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "arn:aws:logs:*:*:*"},
     ]
     assert len(wildcard_problems("R", statements)) == 3
+
+
+def test_the_watchdog_fails_a_stuck_preparation_only_after_the_queue_gave_up() -> None:
+    """`PREPARE_LIMIT_SECONDS` outlasts every delivery of an upload: maxReceiveCount times
+    the queue's visibility timeout, plus the launch function's timeout."""
+    from trainer_lambdas.watchdog import PREPARE_LIMIT_SECONDS
+
+    t = package.load_template(ROOT / "templates" / "template.yaml")["Resources"]
+    queue = t["TrainingInputQueue"]["Properties"]
+    receives = queue["RedrivePolicy"]["maxReceiveCount"]
+    launch_timeout = next(
+        r["Properties"]["Timeout"]
+        for r in t.values()
+        if r["Type"] == "AWS::Serverless::Function" and "launch" in r["Properties"]["Handler"]
+    )
+    assert receives * queue["VisibilityTimeout"] + launch_timeout <= PREPARE_LIMIT_SECONDS

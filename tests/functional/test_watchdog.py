@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from state.errors import Conflict
-from state.runs import FAILED, TRAINING
+from state.runs import FAILED, PREPARING, TRAINING
 from tests.functional.conftest import World
 from tests.support.runs import progress, started_run
 from trainer_lambdas import services, watchdog
@@ -77,3 +77,20 @@ def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -
     assert runs.get("r-twins").lease_owner == first
     run = runs.commit("r-twins", first, 0, progress(1), {}, lease_seconds=30)
     assert run.cursor == 1
+
+
+def test_a_run_whose_preparation_never_finished_is_failed_with_the_reason(sweep: World) -> None:
+    """Issue 16, finding 9: a launch that failed on every delivery of its upload (the upload
+    went to the dead-letter queue) left its run PREPARING for ever: the watchdog ignored
+    PREPARING runs, and `resume` refuses them."""
+    runs = sweep.stores.runs
+    runs.create("r-stuck-prep", {"key": "training_input/x.h5"}, started_at=1000.0)
+    runs.create("r-preparing", {"key": "training_input/y.h5"}, started_at=2000.0)
+    now = 2000.0 + watchdog.PREPARE_LIMIT_SECONDS - 1
+    assert watchdog.sweep(now=now) == {"redriven": [], "failed": ["r-stuck-prep"]}
+    run = runs.get("r-stuck-prep")
+    assert run.status == FAILED and "dead-letter queue" in (run.error or "")
+    assert "upload the dataset again" in (run.error or "")
+    assert runs.get("r-preparing").status == PREPARING  # still within its retries
+    assert [(n["status"], n["run_id"]) for n in sweep.notifications()] == [(FAILED, "r-stuck-prep")]
+    assert sweep.functions.started == []
