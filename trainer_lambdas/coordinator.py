@@ -343,7 +343,8 @@ class Coordinator:
                 "commit refused: the run was cancelled or another trainer took it over",
                 extra={"run_id": run_id, "cursor": st.cursor},
             )
-            if moved:  # ours alone, and never pointed to: nobody else will remove it
+            if moved and not self._points_to(run_id, st.cursor, owner):
+                # ours alone, and never pointed to: nobody else will remove it
                 self.s.weights.delete(run_id, st.cursor, sizes, owner)
             return False
         if moved:
@@ -361,6 +362,18 @@ class Coordinator:
                 },
             )
         return True
+
+    def _points_to(self, run_id: str, version: int, writer: str) -> bool:
+        """Does the run's record point at `version` by `writer`? A refused commit may have
+        been applied after all: its answer was lost, and by the time botocore's retry was
+        refused another trainer had taken the lease over, so the record no longer reads as
+        our write, yet it points at our version. Unknown counts as yes: a version left
+        behind costs storage; a committed one deleted loses the run."""
+        try:
+            run = self.s.runs.get(run_id)
+        except StateError:
+            return True
+        return run.weights_version == version and run.weights_writer == writer
 
     def _hand_over(
         self, run_id: str, owner: str, st: _State, sizes: tuple[int, ...], idle: int
