@@ -74,7 +74,8 @@ destroy: install
 	$(BIN)/itsacat destroy $(DEPLOY_ARGS)
 
 # Load on the prediction API: 50 concurrent clients, 2,000 requests against `itsacat serve`
-# on loopback (its own embedded stack, stopped afterwards); fails on any 5xx.
+# on loopback (its own embedded stack, stopped afterwards), then the same with 10 hostile
+# clients beside them; fails on any 5xx of an ordinary request. Writes bench/results/api-load.json.
 .PHONY: bench-api
 bench-api: install
-	$(BIN)/python bench/api_load.py --clients 50 --requests 2000
+	$(BIN)/python bench/api_load.py --clients 50 --requests 2000 --hostile-clients 10 --out bench/results

@@ -8,11 +8,21 @@ What it does, all on 127.0.0.x and bounded in time:
   3. drives the API with N concurrent clients (keep-alive connections) for R requests in
      all: half `POST /image` with a PNG body, half `GET /image?image=<URL on 127.0.0.2>`,
      plus a sprinkling of hostile URLs (which must get a 4xx, never a 5xx);
-  4. reports throughput, p50/p90/p99/max latency, and the count of each status class.
+  4. reports throughput, p50/p90/p99/max latency, and the count of each status class;
+  5. then a mixed run: `--clients` clients of the same ordinary requests while
+     `--hostile-clients` (10) send hostile ones in a loop: URL fetches from a loopback server
+     that trickles its body a few bytes at a time (held until the fetch deadline: 504),
+     bodies one byte over the upload limit (413) and decompression-bomb PNGs (413); it
+     reports the ordinary requests' p50/p99 and status counts, and the hostile ones'.
 
-    python bench/api_load.py [--clients 50] [--requests 2000] [--json]
+`itsacat serve` runs here without its 429 limits (`--concurrency 0 --rate 0`): this measures
+the API's code, not the throttle (tests/api/test_api_limits.py tests that).
 
-Exits 1 if any request got a 5xx or failed to connect; everything it started is stopped.
+    python bench/api_load.py [--clients 50] [--requests 2000] [--hostile-clients 10]
+                             [--out bench/results] [--json]
+
+Exits 1 if any ordinary request got a 5xx or failed to connect, or a hostile one got a 500;
+everything it started is stopped.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -43,6 +53,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chalice_app.chalicelib.config import MAX_BODY_BYTES, Settings  # noqa: E402
 from embedded.invocations import RuntimeConfig  # noqa: E402
 from embedded.stack import start, stop  # noqa: E402
 from state.models import ModelStore  # noqa: E402
@@ -124,6 +135,53 @@ def picture_server(pictures: list[bytes]) -> Iterator[int]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def trickle_server() -> Iterator[int]:
+    """A picture server on PICTURE_HOST that sends its headers, then 16 bytes every 0.25 s
+    of a body it never finishes: a fetch of it lasts until the API's fetch deadline."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            deadline = time.monotonic() + 60
+            with contextlib.suppress(OSError):
+                while time.monotonic() < deadline:
+                    self.wfile.write(b"\0" * 16)
+                    self.wfile.flush()
+                    time.sleep(0.25)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((PICTURE_HOST, 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG that declares width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,10 +189,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def api_server(home: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def api_server(
+    home: Path, port: int, log: Path, flags: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.pop("ITSACAT_BUCKET", None)
     env["ITSACAT_HOME"] = str(home)
+    env["ITSACAT_FETCH_PORTS"] = "any"  # the picture servers listen on random ports
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
@@ -146,6 +207,7 @@ def api_server(home: Path, port: int, log: Path) -> Iterator[subprocess.Popen[by
                 str(port),
                 "--allow-hosts",
                 PICTURE_HOST,
+                *flags,
             ],
             env=env,
             stdout=out,
@@ -259,6 +321,135 @@ def drive(
     }
 
 
+Request = tuple[str, str, bytes | None, dict[str, str]]
+
+
+def _client_loop(
+    port: int, next_request: Callable[[], Request | None], record: Callable[[float, str], None]
+) -> None:
+    """Send requests on one keep-alive connection until `next_request` gives None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    while (item := next_request()) is not None:
+        method, path, body, headers = item
+        began = time.perf_counter()
+        status = "failed"
+        for _attempt in range(2):  # a reset connection is retried once, on a new one
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                status = f"failed: {type(e).__name__}"
+                conn.close()
+        record((time.perf_counter() - began) * 1000, status)
+    conn.close()
+
+
+def _summary(latencies: list[float], statuses: Counter[str]) -> dict[str, Any]:
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "max_ms": round(float(lat.max()), 2),
+        "status": dict(sorted(statuses.items())),
+        "5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "500": statuses.get("500", 0),
+        "failed": sum(n for s, n in statuses.items() if s.startswith("failed")),
+    }
+
+
+def drive_mixed(
+    port: int,
+    picture_port: int,
+    trickle_port: int,
+    pictures: list[bytes],
+    clients: int,
+    hostile_clients: int,
+    total: int,
+    limit_s: float,
+    ramp_s: float = 0.0,
+) -> dict[str, Any]:
+    """`total` ordinary requests from `clients` threads while `hostile_clients` threads send
+    hostile requests until the ordinary ones are done; each side's latencies and statuses."""
+    lock = threading.Lock()
+    counter = iter(range(total))
+    done = threading.Event()
+    deadline = time.monotonic() + limit_s
+    ordinary: tuple[list[float], Counter[str]] = ([], Counter())
+    hostile: tuple[list[float], Counter[str]] = ([], Counter())
+    hostile_kinds: Counter[str] = Counter()
+    oversized = b"\xff" * (min(Settings().max_bytes, MAX_BODY_BYTES) + 1)
+    bomb = bomb_png()
+    trickle = quote(f"http://{PICTURE_HOST}:{trickle_port}/slow.png", safe="")
+
+    def ordinary_request() -> Request | None:
+        with lock:
+            i = next(counter, None) if time.monotonic() < deadline else None
+        if i is None:
+            done.set()
+            return None
+        if i % 2:
+            url = f"http://{PICTURE_HOST}:{picture_port}/{i}.png"
+            return "GET", f"/image?image={quote(url, safe='')}", None, {}
+        return "POST", "/image", pictures[i % len(pictures)], {"Content-Type": "image/png"}
+
+    hostile_counter = iter(range(10**9))
+
+    def hostile_request() -> Request | None:
+        if done.is_set():
+            return None
+        with lock:
+            i = next(hostile_counter)
+            kind = ("trickle", "oversized", "bomb")[i % 3]
+            hostile_kinds[kind] += 1
+        if kind == "trickle":
+            return "GET", f"/image?image={trickle}", None, {}
+        if kind == "oversized":
+            return "POST", "/image", oversized, {"Content-Type": "image/jpeg"}
+        return "POST", "/image", bomb, {"Content-Type": "image/png"}
+
+    def recorder(side: tuple[list[float], Counter[str]]) -> Callable[[float, str], None]:
+        def record(ms: float, status: str) -> None:
+            with lock:
+                side[0].append(ms)
+                side[1][status] += 1
+
+        return record
+
+    began = time.perf_counter()
+    threads = [
+        threading.Thread(target=_client_loop, args=(port, hostile_request, recorder(hostile)))
+        for _ in range(hostile_clients)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the hostile requests are under way before the ordinary ones start
+    for _ in range(clients):
+        t = threading.Thread(target=_client_loop, args=(port, ordinary_request, recorder(ordinary)))
+        threads.append(t)
+        t.start()
+        time.sleep(ramp_s)
+    for t in threads[hostile_clients:]:
+        t.join()
+    ordinary_seconds = time.perf_counter() - began - 1.0
+    for t in threads[:hostile_clients]:
+        t.join()
+    out = {
+        "clients": clients,
+        "hostile_clients": hostile_clients,
+        "seconds": round(ordinary_seconds, 3),
+        "ordinary": _summary(*ordinary),
+        "hostile": {**_summary(*hostile), "kinds": dict(sorted(hostile_kinds.items()))},
+    }
+    out["ordinary"]["throughput_rps"] = round(len(ordinary[0]) / ordinary_seconds, 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -267,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ramp-ms", type=float, default=5.0, help="delay between client starts (default 5)"
     )
+    parser.add_argument(
+        "--hostile-clients",
+        type=int,
+        default=10,
+        help="clients sending hostile requests in the mixed run (0: no mixed run)",
+    )
+    parser.add_argument("--out", type=Path, help="also write api-load.json into this directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if not (1 <= args.clients <= 500 and 1 <= args.requests <= 100_000):
@@ -281,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             with (
                 picture_server(pictures) as picture_port,
-                api_server(home, port, home / "serve.log"),
+                trickle_server() as trickle_port,
+                api_server(home, port, home / "serve.log", ("--concurrency", "0", "--rate", "0")),
             ):
                 # one request first, so that the model is loaded and cached before timing
                 warm = drive(port, picture_port, pictures, 1, 4, 60)
@@ -295,8 +494,23 @@ def main(argv: list[str] | None = None) -> int:
                     args.ramp_ms / 1000,
                 )
                 report["warm_up"] = warm["status"]
+                if args.hostile_clients > 0:
+                    report["mixed"] = drive_mixed(
+                        port,
+                        picture_port,
+                        trickle_port,
+                        pictures,
+                        args.clients,
+                        args.hostile_clients,
+                        args.requests,
+                        args.limit_s,
+                        args.ramp_ms / 1000,
+                    )
         finally:
             stop(home)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "api-load.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report))
     else:
@@ -306,7 +520,21 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {report['p50_ms']} ms, p90 {report['p90_ms']} ms, p99 {report['p99_ms']} ms, "
             f"max {report['max_ms']} ms; status {report['status']}"
         )
-    return 1 if report["5xx"] or report["failed"] else 0
+        mixed = report.get("mixed")
+        if mixed:
+            o, h = mixed["ordinary"], mixed["hostile"]
+            print(
+                f"mixed: {o['requests']} ordinary requests from {mixed['clients']} clients "
+                f"while {mixed['hostile_clients']} clients sent {h['requests']} hostile ones "
+                f"{h['kinds']}: ordinary {o['throughput_rps']} req/s, p50 {o['p50_ms']} ms, "
+                f"p99 {o['p99_ms']} ms, status {o['status']}, 5xx {o['5xx']}; "
+                f"hostile status {h['status']}"
+            )
+    mixed = report.get("mixed")
+    bad_mixed = bool(mixed) and bool(
+        mixed["ordinary"]["5xx"] or mixed["ordinary"]["failed"] or mixed["hostile"]["500"]
+    )
+    return 1 if report["5xx"] or report["failed"] or bad_mixed else 0
 
 
 if __name__ == "__main__":

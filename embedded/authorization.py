@@ -20,8 +20,8 @@ _authenticate_and_authorize_action`, installed by `install()`):
 `authorize()` answers the same question for a given action and resource; the emulator serves
 it as `POST /_itsacat/authorize` for the local Lambda runtime, which checks Invoke itself.
 
-Not evaluated (moto's evaluator has no request context): condition keys (moto treats a
-statement with a Condition it cannot satisfy as an explicit deny), NotResource, policy
+Not evaluated (moto's evaluator has no request context): condition keys (a statement with
+a Condition never applies, as on AWS when the request's context lacks the key), NotResource, policy
 variables, resource-based policies (bucket/queue/topic/function policies), session tags,
 credential expiry and request signatures. Calls run under the emulator's lock, which also
 guards the caches here.
@@ -686,6 +686,21 @@ def _check_element_matches(self: Any, statement_element: str, value: str) -> boo
     return any(_pattern(p, ignore_case).fullmatch(value) for p in patterns)
 
 
+def _unconditional_only(is_action_permitted: Any) -> Any:
+    """A statement with a Condition does not apply. The emulator has no request context,
+    and on AWS a condition on a key absent from the request's context is not met (moto
+    took a StringLike on an absent `s3:prefix` as met, and an unmet condition as an
+    explicit deny: kinder than AWS in one case, harsher in the other)."""
+    from moto.iam.access_control import PermissionResult
+
+    def permitted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._statement.get("Condition"):
+            return PermissionResult.NEUTRAL
+        return is_action_permitted(self, *args, **kwargs)
+
+    return permitted
+
+
 def install() -> None:
     """Route moto's per-request IAM check here and fix its matcher (idempotent)."""
     from moto.core.authorization import ActionAuthenticatorMixin
@@ -703,4 +718,7 @@ def install() -> None:
         authenticate_and_authorize
     )
     IAMPolicyStatement._check_element_matches = _check_element_matches  # type: ignore[method-assign]
+    IAMPolicyStatement.is_action_permitted = _unconditional_only(  # type: ignore[method-assign]
+        IAMPolicyStatement.is_action_permitted
+    )
     ActionAuthenticatorMixin._itsacat_iam = True  # type: ignore[attr-defined]

@@ -118,11 +118,14 @@ def start_servers(env: dict[str, str], pictures: Path, port: int) -> tuple[str, 
     if port == 0 or not port_free("127.0.0.1", port):
         port = free_port("127.0.0.1")
     base = dict(os.environ)
+    pic_port = free_port(PICTURES_HOST)
     argv, api_env = server_command(
         port, "127.0.0.1", PICTURES_HOST, base, api_identity(dict(env), env)
     )
+    # The API fetches from ports 80 and 443 only, unless told otherwise: the demo's picture
+    # server listens on a free port of its own.
+    api_env["ITSACAT_FETCH_PORTS"] = str(pic_port)
     background.start("api", argv, api_env, CHALICE_DIR, port=port)
-    pic_port = free_port(PICTURES_HOST)
     background.start(
         "pictures",
         [

@@ -3,9 +3,13 @@
     ITSACAT_BUCKET               the bucket holding `models/` (required to answer /image)
     ITSACAT_ALLOW_HOSTS          comma-separated addresses or networks that may be fetched
                                  even though they are private/loopback (default: none)
-    ITSACAT_MAX_IMAGE_BYTES      largest picture read, in bytes (default 10 MB)
-    ITSACAT_MAX_IMAGE_PIXELS     largest picture decoded, width x height (default 40 M)
+    ITSACAT_MAX_IMAGE_BYTES      largest picture read, in bytes (default 4 MB; an upload is
+                                 also held to MAX_BODY_BYTES, what fits Lambda's payload)
+    ITSACAT_MAX_IMAGE_PIXELS     largest picture decoded, width x height (default 24 M)
     ITSACAT_MODEL_CHECK_SECONDS  how often the cached model's pointer is re-checked (5)
+    ITSACAT_FETCH_PORTS          ports a picture URL may name, comma-separated ports or
+                                 ranges (`8080,8000-8100`) or `any` (default: 80,443)
+    ITSACAT_FETCH_DEADLINE_SECONDS  the whole fetch of a picture URL, DNS to last byte (15)
 
 The S3 endpoint is not configured here: boto3 reads `AWS_ENDPOINT_URL` itself.
 """
@@ -20,6 +24,20 @@ from dataclasses import dataclass
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MB = 1024 * 1024
+
+# What the deployed API must fit (issue 17; tests/api/test_api_limits.py checks the sums).
+# Lambda takes at most 6 MB of request event, and API Gateway base64-encodes a binary body
+# (4 bytes for every 3) into it, beside the headers and request context (EVENT_OVERHEAD).
+LAMBDA_PAYLOAD_BYTES = 6 * MB
+EVENT_OVERHEAD_BYTES = 256 * 1024
+# The largest body whose event fits: anything larger never reaches the function on AWS.
+MAX_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - EVENT_OVERHEAD_BYTES) // 4 * 3
+DEFAULT_MAX_IMAGE_BYTES = 4 * MB
+# The function's timeout (.chalice/config.json "lambda_timeout") stays under API Gateway's
+# 29 s integration timeout, and the fetch deadline plus decoding fit inside it.
+GATEWAY_TIMEOUT_SECONDS = 29
+LAMBDA_TIMEOUT_SECONDS = 25
+DECODE_SECONDS = 5.0  # allowance for decoding, resizing and the forward pass
 
 
 class ConfigError(ValueError):
@@ -43,6 +61,34 @@ def parse_allow_hosts(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+PortRange = tuple[int, int]
+DEFAULT_FETCH_PORTS: tuple[PortRange, ...] = ((80, 80), (443, 443))
+
+
+def parse_ports(text: str) -> tuple[PortRange, ...]:
+    """`"80, 443, 8000-8100"` -> ((80, 80), (443, 443), (8000, 8100)); `"any"` -> 1-65535."""
+    if text.strip().lower() in ("any", "*"):
+        return ((1, 65535),)
+    ranges: list[PortRange] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        lo, sep, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError as e:
+            raise ConfigError(
+                f"ITSACAT_FETCH_PORTS: {item!r} is not a port or a range like 8000-8100"
+            ) from e
+        if not 1 <= first <= last <= 65535:
+            raise ConfigError(f"ITSACAT_FETCH_PORTS: {item!r} is not within 1-65535")
+        ranges.append((first, last))
+    if not ranges:
+        raise ConfigError("ITSACAT_FETCH_PORTS names no port (use e.g. 80,443 or any)")
+    return tuple(ranges)
+
+
 def _number(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -56,18 +102,35 @@ def _number(env: Mapping[str, str], name: str, default: float, lo: float) -> flo
     return value
 
 
+def _fetch_deadline(env: Mapping[str, str]) -> float:
+    seconds = _number(env, "ITSACAT_FETCH_DEADLINE_SECONDS", 15.0, 0.1)
+    most = LAMBDA_TIMEOUT_SECONDS - DECODE_SECONDS
+    if seconds > most:
+        raise ConfigError(
+            f"ITSACAT_FETCH_DEADLINE_SECONDS must be at most {most:g} (the function's "
+            f"{LAMBDA_TIMEOUT_SECONDS} s less {DECODE_SECONDS:g} s to decode), got {seconds:g}"
+        )
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     bucket: str | None = None
     allow: tuple[Network, ...] = ()
-    max_bytes: int = 10 * MB
-    max_pixels: int = 40_000_000
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = 24_000_000
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
-    # The whole fetch (all hops, all reads) must finish within this.
+    # The whole fetch (DNS, connect, TLS, status, headers, body, every hop) ends by this.
     fetch_deadline: float = 15.0
+    fetch_ports: tuple[PortRange, ...] = DEFAULT_FETCH_PORTS
     max_redirects: int = 3
     model_check_seconds: float = 5.0
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest POSTed picture: `max_bytes`, but never more than reaches Lambda."""
+        return min(self.max_bytes, MAX_BODY_BYTES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,7 +138,16 @@ class Settings:
         return cls(
             bucket=env.get("ITSACAT_BUCKET", "").strip() or None,
             allow=parse_allow_hosts(env.get("ITSACAT_ALLOW_HOSTS", "")),
-            max_bytes=int(_number(env, "ITSACAT_MAX_IMAGE_BYTES", 10 * MB, 1)),
-            max_pixels=int(_number(env, "ITSACAT_MAX_IMAGE_PIXELS", 40_000_000, 1)),
+            max_bytes=int(_number(env, "ITSACAT_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, 1)),
+            max_pixels=int(_number(env, "ITSACAT_MAX_IMAGE_PIXELS", 24_000_000, 1)),
             model_check_seconds=_number(env, "ITSACAT_MODEL_CHECK_SECONDS", 5.0, 0),
+            fetch_deadline=_fetch_deadline(env),
+            fetch_ports=(
+                parse_ports(env["ITSACAT_FETCH_PORTS"])
+                if env.get("ITSACAT_FETCH_PORTS", "").strip()
+                else DEFAULT_FETCH_PORTS
+            ),
         )
+
+    def port_allowed(self, port: int) -> bool:
+        return any(lo <= port <= hi for lo, hi in self.fetch_ports)

@@ -1,8 +1,23 @@
 """The API's refusals and failures: each carries an HTTP status and a stable code.
 
 Every error the API answers with is JSON `{"error": "<message>", "code": "<code>"}`;
-views raise these and one wrapper in `service` turns them into responses.
+views raise these and one wrapper in `views` turns them into responses. A refusal (4xx)
+tells the client what was wrong with its request; a failure (5xx) answers with a generic
+message for its code (`public_body`), the details (bucket, keys, S3 error codes) going to
+the log only.
 """
+
+# What a client is told for each failure (5xx) code; `message` stays in the log.
+PUBLIC_MESSAGES = {
+    "no_model": "no model has been trained yet",
+    "no_model_store": "no model store is configured",
+    "model_store_unavailable": "the model store is unavailable",
+    "model_corrupt": "the published model cannot be read",
+    # one message for every way a fetch fails: it must not tell what listens where
+    "upstream_error": "the picture could not be fetched from its server",
+    "upstream_timeout": "the picture's server was too slow",
+    "internal_error": "internal error",
+}
 
 
 class ApiError(Exception):
@@ -19,6 +34,13 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
+
+    def public_body(self) -> dict[str, str]:
+        """What a client sees: the message of a refusal, a generic one for a failure."""
+        if self.status < 500:
+            return self.body()
+        generic = PUBLIC_MESSAGES.get(self.code) or PUBLIC_MESSAGES["internal_error"]
+        return {"error": generic, "code": self.code}
 
 
 class BadRequest(ApiError):

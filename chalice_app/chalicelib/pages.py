@@ -12,7 +12,8 @@ from typing import Any
 
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'"
+    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 
 _STYLE = """

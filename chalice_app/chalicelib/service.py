@@ -98,9 +98,25 @@ def ping() -> dict[str, Any]:
     return {"message": "Ping Successful!", "model": model.summary() if model else None}
 
 
+# What `GET /model` tells: how the model was trained and how well it does, never where
+# its data came from (model.json also names the dataset's bucket, key and version).
+MODEL_FIELDS = (
+    "run_id",
+    "trained_at",
+    "input_shape",
+    "classes",
+    "activations",
+    "parameters",
+    "final_cost",
+    "train_accuracy",
+    "test_accuracy",
+    "epochs",
+)
+
+
 def model_info() -> dict[str, Any]:
     model = model_cache().get()
-    return {**model.metadata, "uri": model.uri, "etag": model.etag}
+    return {k: model.metadata[k] for k in MODEL_FIELDS if k in model.metadata}
 
 
 def classify_url(url: str | None) -> Prediction:
@@ -124,9 +140,11 @@ def classify_body(body: bytes | None, content_type: str | None) -> Prediction:
         )
     if not body:
         raise BadRequest("the request body is empty: POST the picture itself", "missing_image")
-    limit = settings().max_bytes
+    limit = settings().max_body_bytes
     if len(body) > limit:
-        raise PayloadTooLarge(f"the picture is larger than {limit} bytes", "too_large")
+        raise PayloadTooLarge(
+            f"the picture is larger than {limit} bytes: upload a smaller one", "image_too_large"
+        )
     return _classify(model_cache().get(), body, "upload")
 
 

@@ -2,7 +2,9 @@
 
 `answers_errors` is the one place where failures become responses: an `ApiError` becomes
 its status and `{"error", "code"}`, anything else a logged 500 with the same shape, so
-no traceback ever reaches a client. Errors are JSON even for browsers.
+no traceback ever reaches a client. Errors are JSON even for browsers. A refusal (4xx) is
+logged at WARNING with the client's address (and the host of a URL it asked us to fetch);
+a failure (5xx) is logged with its details, and the client gets a generic message.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from chalice import Response
 
@@ -19,7 +22,11 @@ from chalicelib.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-JSON = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+JSON = {
+    "Content-Type": "application/json",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
 HTML = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
@@ -34,13 +41,43 @@ def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
         try:
             return view(*args, **kwargs)
         except ApiError as e:
-            log.info("%s %s: %s", e.status, e.code, e.message)
-            return json_response(e.body(), e.status)
+            request = args[0] if args else kwargs.get("request")
+            if e.status < 500:
+                log.warning(
+                    "refused %s %s from %s%s: %s",
+                    e.status,
+                    e.code,
+                    client_address(request),
+                    _fetched_host(request),
+                    e.message,
+                )
+            else:
+                log.error("failed %s %s: %s", e.status, e.code, e.message)
+            return json_response(e.public_body(), e.status)
         except Exception:
             log.exception("unexpected error")
             return json_response({"error": "internal error", "code": "internal_error"}, 500)
 
     return wrapper
+
+
+def client_address(request: Any) -> str:
+    """The caller's address as API Gateway saw it (the request context's sourceIp)."""
+    context = getattr(request, "context", None) or {}
+    identity = context.get("identity") or {}
+    return str(identity.get("sourceIp") or "unknown")
+
+
+def _fetched_host(request: Any) -> str:
+    """`, host 'x'` for a request that named a URL to fetch, else empty."""
+    url = (getattr(request, "query_params", None) or {}).get("image")
+    if not url:
+        return ""
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        host = None
+    return f", host {host or url[:100]!r}"
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> Response:

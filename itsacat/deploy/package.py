@@ -8,7 +8,10 @@
   and `state` the API imports; `chalice package` turns it into `build/api-package/`;
 - `build/api-template.json`: Chalice's SAM template, made deployable next to the training
   stack: the bucket and layer version become parameters, the function gets a fixed name and
-  a log group, and its role reads `models/` of that bucket and writes its own log group only.
+  a log group, and its role reads `models/` of that bucket and writes its own log group only;
+  the function's reserved concurrency and the stage's throttling are parameters (`API_LIMITS`),
+  the stage writes JSON access logs to a log group of the stack, and a throttled request
+  gets a JSON 429 (`GATEWAY_RESPONSES`) that `itsacat serve` answers locally too.
 
 The API is deployed as a CloudFormation stack of its own (`<stack>-api`) rather than with
 `chalice deploy`: a stack can be linted and inspected offline, and deleted from any
@@ -44,6 +47,74 @@ API_VENDOR = (
 )
 API_STAGE = "prod"
 API_LOG_RETENTION_DAYS = 14
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """How much the API takes at once; the API template's defaults and `itsacat serve`'s.
+
+    `concurrency` is the function's reserved concurrency: the API can never hold more of
+    the account's concurrent executions than this, so hostile traffic cannot starve the
+    training's fan-out (which shares the account's limit, 1,000 by default), and a 21st
+    request in flight is throttled. `rate` and `burst` are the stage's token bucket: `rate`
+    requests a second on average, at most `burst` at once. By Little's law a rate of 20/s
+    at an ordinary request's 0.1-0.5 s keeps 2-10 executions busy, inside the reservation,
+    and a burst of 40 lets a page of clients arrive together; requests held for longer
+    (slow picture servers, up to the 15 s fetch deadline) fill the reservation instead,
+    and then the function's throttle answers.
+    """
+
+    concurrency: int = 20
+    rate: float = 20.0
+    burst: int = 40
+
+
+API_LIMITS = ApiLimits()
+# The answers of the gateway itself, in the API's error shape. A stage throttle is
+# THROTTLED; a function that is throttled (its reserved concurrency is used up) makes the
+# integration fail, which API Gateway would answer with a 500: it is answered with 429,
+# as it is no fault of the server, and the access log's integration error tells the two
+# apart (a broken integration would show there).
+GATEWAY_RESPONSES = {
+    "THROTTLED": {"error": "too many requests: slow down and retry", "code": "throttled"},
+    "INTEGRATION_FAILURE": {"error": "the API is busy: retry in a moment", "code": "busy"},
+}
+# The stage's access log, one JSON object a request
+# (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-mapping-template-reference.html#context-variable-reference).
+ACCESS_LOG_FIELDS = {
+    "requestId": "$context.requestId",
+    "ip": "$context.identity.sourceIp",
+    "requestTime": "$context.requestTime",
+    "httpMethod": "$context.httpMethod",
+    "resourcePath": "$context.resourcePath",
+    "status": "$context.status",
+    "responseLength": "$context.responseLength",
+    "integrationLatency": "$context.integrationLatency",
+    "responseLatency": "$context.responseLatency",
+    "integrationError": "$context.integration.error",
+    "errorMessage": "$context.error.message",
+}
+
+
+def access_log_format(fields: dict[str, str] = ACCESS_LOG_FIELDS) -> str:
+    """One line of JSON; every value quoted, as API Gateway substitutes text."""
+    return "{" + ",".join(f'"{k}":"{v}"' for k, v in fields.items()) + "}"
+
+
+def _gateway_response(status: int, body: dict[str, str]) -> dict[str, Any]:
+    return {
+        "StatusCode": status,
+        "ResponseParameters": {
+            "Headers": {
+                "Cache-Control": "'no-store'",
+                "X-Content-Type-Options": "'nosniff'",
+                "Retry-After": "'1'",
+            }
+        },
+        "ResponseTemplates": {"application/json": json.dumps(body)},
+    }
+
+
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deployed", ".pytest_cache")
 
 
@@ -172,6 +243,28 @@ def api_template(
     t["Parameters"] = {
         "DataBucket": {"Type": "String", "Description": "The training stack's data bucket"},
         "LayerArn": {"Type": "String", "Description": "The training stack's layer version"},
+        "ApiReservedConcurrency": {
+            "Type": "Number",
+            "Default": API_LIMITS.concurrency,
+            "MinValue": 0,
+            "Description": "Concurrent executions reserved for (and the most used by) the API "
+            "function; 0: no reservation (for accounts whose limit leaves no room for one)",
+        },
+        "ApiThrottlingRateLimit": {
+            "Type": "Number",
+            "Default": API_LIMITS.rate,
+            "MinValue": 1,
+            "Description": "The stage's steady request rate, per second",
+        },
+        "ApiThrottlingBurstLimit": {
+            "Type": "Number",
+            "Default": API_LIMITS.burst,
+            "MinValue": 1,
+            "Description": "The stage's burst: requests accepted at once",
+        },
+    }
+    t["Conditions"] = {
+        "ReserveConcurrency": {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiReservedConcurrency"}, 0]}]}
     }
     resources = t["Resources"]
     fn = resources["APIHandler"]["Properties"]
@@ -181,6 +274,13 @@ def api_template(
         Runtime=layer_mod.RUNTIME,
         Architectures=[arch],
         Layers=[{"Ref": "LayerArn"}],
+        ReservedConcurrentExecutions={
+            "Fn::If": [
+                "ReserveConcurrency",
+                {"Ref": "ApiReservedConcurrency"},
+                {"Ref": "AWS::NoValue"},
+            ]
+        },
     )
     fn.setdefault("Environment", {}).setdefault("Variables", {})["ITSACAT_BUCKET"] = {
         "Ref": "DataBucket"
@@ -192,6 +292,30 @@ def api_template(
             "LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}"},
             "RetentionInDays": API_LOG_RETENTION_DAYS,
         },
+    }
+    resources["ApiAccessLogGroup"] = {
+        "Type": "AWS::Logs::LogGroup",
+        "Properties": {
+            "LogGroupName": {"Fn::Sub": "/aws/apigateway/${AWS::StackName}-access"},
+            "RetentionInDays": API_LOG_RETENTION_DAYS,
+        },
+    }
+    api = resources["RestAPI"]["Properties"]
+    api["MethodSettings"] = [
+        {
+            "ResourcePath": "/*",
+            "HttpMethod": "*",
+            "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+            "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        }
+    ]
+    # Needs the account's CloudWatch role for API Gateway (README, "Deploy to AWS").
+    api["AccessLogSetting"] = {
+        "DestinationArn": {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]},
+        "Format": access_log_format(),
+    }
+    api["GatewayResponses"] = {
+        name: _gateway_response(429, body) for name, body in GATEWAY_RESPONSES.items()
     }
     bucket_arn = f"arn:aws:s3:::{placeholder_bucket}"
     statements = []
@@ -220,7 +344,9 @@ def api_template(
             "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
         }
     ]
-    t.setdefault("Outputs", {})["ApiLogGroupName"] = {"Value": {"Ref": "ApiLogGroup"}}
+    outputs = t.setdefault("Outputs", {})
+    outputs["ApiLogGroupName"] = {"Value": {"Ref": "ApiLogGroup"}}
+    outputs["ApiAccessLogGroupName"] = {"Value": {"Ref": "ApiAccessLogGroup"}}
     return t
 
 

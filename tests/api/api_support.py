@@ -1,4 +1,5 @@
-"""Helpers for the API tests: a tiny trained model, pictures made in memory, a picture server.
+"""Helpers for the API tests: a tiny trained model, pictures made in memory, a picture server,
+a running `itsacat serve`.
 
 The model is trained with the reference trainer on generated 16x16 pictures (red ones are
 cats, blue ones are not), so a verdict that ignored the picture would fail the tests.
@@ -8,13 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 from PIL import Image
@@ -208,3 +219,81 @@ class PictureServer:
 
     def hits(self, prefix: str = "/") -> int:
         return sum(1 for path, _ in self.requests if path.startswith(prefix))
+
+
+# -- a real `itsacat serve` (chalice local) process
+
+
+@dataclass
+class Api:
+    """A running `itsacat serve`: GET and POST against it, errors as (status, body)."""
+
+    base: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None, timeout: float = 20
+    ) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.base + path, headers=headers or {})
+        return self.request(request, timeout)
+
+    def request(self, request: urllib.request.Request, timeout: float = 20) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def image(self, url: str, timeout: float = 20) -> tuple[int, dict]:
+        status, body = self.get("/image?" + urlencode({"image": url}), timeout=timeout)
+        return status, json.loads(body)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_api(
+    moto_endpoint: str, bucket: str, log_path: Path, env: dict[str, str], allow: str
+) -> Iterator[Api]:
+    """`itsacat serve --allow-hosts ALLOW` with `env` (ITSACAT_* settings) over moto S3."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
+    full.update(
+        AWS_ENDPOINT_URL=moto_endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        ITSACAT_BUCKET=bucket,
+    )
+    full.update(env)
+    argv = [sys.executable, "-m", "itsacat.cli", "serve", "--port", str(port)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*argv, "--allow-hosts", allow], env=full, cwd=ROOT, stdout=log, stderr=log
+        )
+    api = Api(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"itsacat serve exited:\n{log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                if api.get("/", timeout=2)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"itsacat serve did not answer:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield api
+    finally:
+        # `itsacat serve` replaces itself with the server (exec): this pid is the server.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

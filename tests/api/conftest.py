@@ -45,8 +45,16 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         "AWS_DEFAULT_REGION": "us-east-1",
         "ITSACAT_BUCKET": f"itsacat-test-{uuid.uuid4().hex[:12]}",
     }
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "ITSACAT_ALLOW_HOSTS"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "ITSACAT_ALLOW_HOSTS",
+        "ITSACAT_FETCH_DEADLINE_SECONDS",
+    ):
         monkeypatch.delenv(name, raising=False)
+    # The picture servers listen on random ports (the API fetches from 80 and 443 only
+    # unless told otherwise; tests/api/test_api_fetch_deadline.py checks that default).
+    env["ITSACAT_FETCH_PORTS"] = "any"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -53,7 +53,7 @@ def test_names_are_not_numbers(host: str) -> None:
         ("224.0.0.1", "multicast"),
         ("0.0.0.0", "unspecified"),
         ("240.0.0.1", "reserved"),
-        ("100.64.0.1", "non-public"),
+        ("100.64.0.1", "shared"),
         ("::1", "loopback"),
         ("::", "unspecified"),
         ("fe80::1", "link-local"),

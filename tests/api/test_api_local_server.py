@@ -90,6 +90,7 @@ def api(
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
     env.update(creds, ITSACAT_BUCKET=bucket, ITSACAT_MODEL_CHECK_SECONDS="0.2")
+    env["ITSACAT_FETCH_PORTS"] = "any"  # the picture servers listen on random ports
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log = log_path.open("w")
     process = subprocess.Popen(

@@ -557,6 +557,21 @@ def test_s3_objects_by_prefix(assume: Callable[..., Session]) -> None:
         lister("s3").get_object(Bucket=BUCKET, Key="runs/missing.json")
     assert error.value.response["Error"]["Code"] == "NoSuchKey"
     assert lister("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/")["KeyCount"] >= 1
+    # A ListBucket conditioned on s3:prefix does not count for a missing key: the request
+    # has no prefix in its context, and on AWS a condition on an absent key is not met
+    # (moto's evaluator took it as met: the API read 404 here, and 403 on AWS).
+    conditioned = assume(
+        [
+            allow("s3:GetObject", f"arn:aws:s3:::{BUCKET}/runs/*"),
+            {
+                **allow("s3:ListBucket", f"arn:aws:s3:::{BUCKET}"),
+                "Condition": {"StringLike": {"s3:prefix": ["runs/*"]}},
+            },
+        ]
+    )
+    with pytest.raises(ClientError) as error:
+        conditioned("s3").get_object(Bucket=BUCKET, Key="runs/missing.json")
+    assert error.value.response["Error"]["Code"] == "AccessDenied"
 
 
 def test_s3_object_versions_need_get_object_version(

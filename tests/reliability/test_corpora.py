@@ -136,7 +136,9 @@ def api(steady_stack: StackInfo, steady: Client, monkeypatch: pytest.MonkeyPatch
         ref.weights,
         {"parameters": PARAMS, "input_shape": [8, 8, 3], "final_cost": ref.costs[-1]},
     )
-    for name, value in {**steady_stack.env(), "ITSACAT_ALLOW_HOSTS": "127.0.0.2"}.items():
+    # the hostile servers listen on loopback's random ports (the default allows 80 and 443)
+    allow = {"ITSACAT_ALLOW_HOSTS": "127.0.0.2", "ITSACAT_FETCH_PORTS": "any"}
+    for name, value in {**steady_stack.env(), **allow}.items():
         monkeypatch.setenv(name, value)
     service.reset()
     with ChaliceClient(app, stage_name="local", project_dir=str(CHALICE_DIR)) as client:
