@@ -343,6 +343,13 @@ class Chaos:
             return False
         return True
 
+    def exists(self, run_id: str) -> bool:
+        try:
+            self.runs.get(run_id)
+        except Exception:
+            return False
+        return True
+
     def state_of(self, run_id: str | None) -> str:
         if run_id is None:
             return "no run yet"
@@ -452,6 +459,11 @@ class Chaos:
         wait_dead(pids)
         time.sleep(react_s)
         outcome.recovery = self.recover(kind)
+        if kind == "emulator" and run_id is not None and not self.exists(run_id):
+            # The run was newer than the emulator's last snapshot (README: the last ~5 s of
+            # writes are lost): its upload, if it was saved, launches it again.
+            outcome.recovery += "; the run was newer than the saved data"
+            run_id = None
         run_id = run_id or self.run_for(key)
         if run_id is None and kind == "emulator" and not self.uploaded(key):
             # The upload was within the emulator's last ~5 s of unsaved writes (README): a

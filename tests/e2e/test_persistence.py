@@ -153,18 +153,18 @@ def test_a_run_killed_with_the_emulator_is_resumed_and_outlives_down_and_up(
     assert "restored " in out and f"from {home / DATA_DIR}" in out, out
     stack = connect()
     restored = stack.runs().get(run_id)
-    assert restored.status == TRAINING, restored.get("error")
+    assert restored.status == TRAINING, restored.error
     assert restored.cursor >= run.cursor  # at least what was committed before the snapshot
-    redrives = restored.get("redrives", 0)
+    redrives = restored.redrives
 
     # Its trainer died with the old stack; its lease runs out after 4 s (AWS's minute).
-    wait_for(lambda: float(restored.get("lease_until", 0)) < time.time(), timeout_s=10)
+    wait_for(lambda: restored.lease_until < time.time(), timeout_s=10)
     code, out, err = itsacat("resume", run_id, "--wait", "--json")
     assert code == 0, err
     assert "has no live trainer; re-driving it" in err
     finished = stack.runs().get(run_id)
     assert finished.status == SUCCEEDED
-    assert finished.get("redrives", 0) == redrives  # `resume` took it up, not the watchdog
+    assert finished.redrives == redrives  # `resume` took it up, not the watchdog
     assert_equals_reference(stack, run_id, params)
     costs = stack.costs(run_id)
 

@@ -160,6 +160,7 @@ def test_a_trainer_delivered_twice_does_not_repeat_a_step(stack: Stack) -> None:
 def test_a_neuron_delivered_twice_changes_nothing(stack: Stack) -> None:
     run_id = stack.run_for(stack.upload(SMALL))
     run = stack.wait(run_id)
+    wait_for(lambda: stack.runs().get(run_id).notified)  # the last write of a run's end
     before = stack.runs().get(run_id)
     w = np.random.default_rng(0).normal(size=(2, 192))
     req = NeuronRequest(run_id, run.data_key, "forward", 1, 0, 2, "relu", w, np.zeros((2, 1)))

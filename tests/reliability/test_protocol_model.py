@@ -915,9 +915,14 @@ RETRIED_COMMIT_TAKEN_OVER = [
 ]
 
 
+# 12 schedules keep `make test` short (about 25 s); a longer search:
+# ITSACAT_PROTOCOL_EXAMPLES=200 .venv/bin/pytest tests/reliability/test_protocol_model.py
+EXAMPLES = int(os.environ.get("ITSACAT_PROTOCOL_EXAMPLES", "12"))
+
+
 @example(commit_every=1, schedule=RETRIED_COMMIT_TAKEN_OVER)
 @settings(
-    max_examples=25,
+    max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,
     database=None,
