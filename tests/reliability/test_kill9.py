@@ -27,6 +27,10 @@ def _report(outcomes: list[chaos.Outcome]) -> str:
     return "\n".join(o.line(len(outcomes) - 1) for o in outcomes)
 
 
+# `make slow`: each kind of kill is in `make test` already (tests/e2e/test_recovery.py,
+# tests/reliability/test_recovery.py, tests/e2e/test_persistence.py); these add the random
+# moments, at two minutes and more.
+@pytest.mark.slow
 def test_three_kills_one_of_each_kind_end_with_the_references_numbers(tmp_path: Path) -> None:
     lines: list[str] = []
     outcomes = chaos.run_chaos(tmp_path / "home", rounds=3, seed=SEED, log=lines.append)

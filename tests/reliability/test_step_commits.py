@@ -100,7 +100,7 @@ ACTIONS = st.lists(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(actions=ACTIONS)
 def test_random_interleavings_commit_every_step_exactly_once(
     store: RunStore, actions: list[tuple[str, int]]
