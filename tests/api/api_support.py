@@ -258,9 +258,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def serve_api(
-    moto_endpoint: str, bucket: str, log_path: Path, env: dict[str, str], allow: str
+    moto_endpoint: str, bucket: str, log_path: Path, env: dict[str, str], allow: str | None
 ) -> Iterator[Api]:
-    """`itsacat serve --allow-hosts ALLOW` with `env` (ITSACAT_* settings) over moto S3."""
+    """`itsacat serve [--allow-hosts ALLOW]` with `env` (ITSACAT_* settings) over moto S3."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
     full.update(
@@ -273,9 +273,8 @@ def serve_api(
     full.update(env)
     argv = [sys.executable, "-m", "itsacat.cli", "serve", "--port", str(port)]
     with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*argv, "--allow-hosts", allow], env=full, cwd=ROOT, stdout=log, stderr=log
-        )
+        hosts = [] if allow is None else ["--allow-hosts", allow]
+        process = subprocess.Popen([*argv, *hosts], env=full, cwd=ROOT, stdout=log, stderr=log)
     api = Api(f"http://127.0.0.1:{port}", process, log_path)
     try:
         deadline = time.monotonic() + 60

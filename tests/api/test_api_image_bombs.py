@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,7 +29,15 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from api_support import CHALICE_DIR, ROOT, SAMPLE_PHOTOS, TinyModel, png_declaring
+from api_support import (
+    CHALICE_DIR,
+    ROOT,
+    SAMPLE_PHOTOS,
+    Api,
+    TinyModel,
+    png_declaring,
+    serve_api,
+)
 from chalicelib import images
 from PIL import Image, ImageOps
 
@@ -413,12 +418,6 @@ def test_large_photos_are_prepared_close_to_full_size() -> None:
 # -- through the real local server -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _proc_mb(pid: int, key: str) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -428,23 +427,11 @@ def _proc_mb(pid: int, key: str) -> float:
     raise AssertionError(f"no {key} for {pid}")
 
 
-@dataclass
-class Server:
-    base: str
-    pid: int
-
-
 @pytest.fixture(scope="module")
 def server(
     moto_endpoint: str, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+) -> Iterator[Api]:
     bucket = f"itsacat-bombs-{uuid.uuid4().hex[:12]}"
-    creds = {
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
     s3 = boto3.client(
         "s3",
         endpoint_url=moto_endpoint,
@@ -454,40 +441,10 @@ def server(
     )
     s3.create_bucket(Bucket=bucket)
     ModelStore(bucket, s3_client=s3).publish("run-1", tiny_model.weights, tiny_model.metadata)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
-    env.update(creds, ITSACAT_BUCKET=bucket)
     log_path = tmp_path_factory.mktemp("serve-bombs") / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "itsacat.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"itsacat serve exited:\n{log_path.read_text()}")
-                try:
-                    if _get(base + "/")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"itsacat serve did not answer:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield Server(base, process.pid)  # `itsacat serve` execs `chalice local`
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    # `itsacat serve` execs `chalice local`: the process is the server
+    with serve_api(moto_endpoint, bucket, log_path, {}, None) as api:
+        yield api
 
 
 def _get(url: str, timeout: float = 20) -> tuple[int, bytes]:
@@ -502,7 +459,7 @@ def _send(request: urllib.request.Request, timeout: float = 60) -> tuple[int, by
         return e.code, e.read()
 
 
-def test_local_server_survives_bombs(server: Server) -> None:
+def test_local_server_survives_bombs(server: Api) -> None:
     """The 1 x 40 M PNG and the 610-scan JPEG, POSTed: 4xx, `GET /` keeps answering
     within 1 s meanwhile, and the server's peak memory stays under PEAK_MB above where it
     was."""
@@ -516,9 +473,9 @@ def test_local_server_survives_bombs(server: Server) -> None:
         ),
     ]
     _get(server.base + "/")  # warm: the model is loaded
-    baseline = _proc_mb(server.pid, "VmRSS")
+    baseline = _proc_mb(server.process.pid, "VmRSS")
     try:
-        with open(f"/proc/{server.pid}/clear_refs", "w") as f:
+        with open(f"/proc/{server.process.pid}/clear_refs", "w") as f:
             f.write("5")
         reset = True
     except OSError:
@@ -535,7 +492,7 @@ def test_local_server_survives_bombs(server: Server) -> None:
             except OSError:
                 status = 0
             pings.append(time.monotonic() - start if status == 200 else float("inf"))
-            sampled.append(_proc_mb(server.pid, "VmRSS"))
+            sampled.append(_proc_mb(server.process.pid, "VmRSS"))
             stop.wait(0.05)
 
     answers: list[tuple[tuple[int, str | None], tuple[int, str]]] = []
@@ -552,7 +509,7 @@ def test_local_server_survives_bombs(server: Server) -> None:
     finally:
         stop.set()
         watcher.join(timeout=10)
-    peak = _proc_mb(server.pid, "VmHWM") if reset else max(sampled)
+    peak = _proc_mb(server.process.pid, "VmHWM") if reset else max(sampled)
     print(
         f"slowest ping {max(pings):.3f} s of {len(pings)}; peak {peak - baseline:.1f} MB; {answers}"
     )
