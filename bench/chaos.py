@@ -53,6 +53,8 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from embedded.stack import StackInfo  # noqa: E402
 from embedded.stack import info as recorded  # noqa: E402
+from embedded.testing import alive, descendants, kill9, workers_of  # noqa: E402
+from itsacat.commands.stack import fraction  # noqa: E402
 from state.costs import CostStore  # noqa: E402
 from state.models import ModelStore  # noqa: E402
 from state.runs import ACTIVE, RunStore  # noqa: E402
@@ -77,18 +79,6 @@ PARAMS: dict[str, Any] = {
 }
 
 
-def fraction(text: str) -> float:
-    """A positive number, written as a decimal or a fraction (`1/30`)."""
-    top, sep, bottom = text.partition("/")
-    try:
-        value = float(top) / float(bottom) if sep else float(top)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
 def plan(rounds: int, seed: int) -> list[tuple[str, float]]:
     """(kind, moment as a fraction of an uninterrupted run) per round: the kinds in shuffled
     blocks of three (any three consecutive rounds from the first kill every kind once)."""
@@ -102,53 +92,6 @@ def plan(rounds: int, seed: int) -> list[tuple[str, float]]:
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    children, found, todo = _children(), [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def workers_of(stack: StackInfo, function: str) -> list[int]:
-    """The runtime's worker processes of `function` (from their Lambda environment)."""
-    found = []
-    for pid in descendants(stack.runtime_pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"AWS_LAMBDA_FUNCTION_NAME={function}".encode() in environ:
-            found.append(pid)
-    return found
-
-
-def kill9(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def wait_dead(pids: list[int], timeout_s: float = 10.0) -> None:

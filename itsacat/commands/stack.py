@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     )
     up.add_argument(
         "--time-scale",
-        type=_fraction,
+        type=fraction,
         default=None,
         metavar="F",
         help="AWS's clocks run F times as long: the waits before asynchronous retries (1 and "
@@ -204,7 +204,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     """A positive number, written as a decimal or a fraction (`1/60`)."""
     top, sep, bottom = text.partition("/")
     try:

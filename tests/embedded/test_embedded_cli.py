@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from embedded.testing import alive, descendants
+
 AWS_CLI = Path(sys.executable).parent / "aws"
 
 
@@ -21,32 +23,6 @@ def itsacat(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def descendants(pid: int) -> list[int]:
-    """Processes whose parent chain leads to `pid` (the runtime's warm workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def test_up_up_status_env_down_down(tmp_path: Path) -> None:

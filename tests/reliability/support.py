@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import numpy as np
 
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
+from embedded.testing import alive, descendants, kill9, workers_of  # noqa: F401 (re-exported)
 from state.costs import CostStore
 from state.models import ModelStore
 from state.runs import ACTIVE, RunRecord, RunStore
@@ -145,53 +144,3 @@ def assert_equals_reference(
         np.testing.assert_allclose(w, rw, rtol=1e-9, atol=1e-15)
         np.testing.assert_allclose(b, rb, rtol=1e-9, atol=1e-15)
     return ref
-
-
-# -- processes ----------------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    children, found, todo = _children(), [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def workers_of(info: StackInfo, function: str) -> list[int]:
-    """The runtime's warm worker processes of `function` (from their Lambda environment)."""
-    found = []
-    for pid in descendants(info.runtime_pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"AWS_LAMBDA_FUNCTION_NAME={function}".encode() in environ:
-            found.append(pid)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def kill9(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
