@@ -125,7 +125,14 @@ def picture_server(pictures: list[bytes]) -> Iterator[int]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((PICTURE_HOST, 0), Handler)
+    with _serving(Handler) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` on PICTURE_HOST in a background thread; its port."""
+    server = ThreadingHTTPServer((PICTURE_HOST, 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -158,14 +165,8 @@ def trickle_server() -> Iterator[int]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((PICTURE_HOST, 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as port:
+        yield port
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
