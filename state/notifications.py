@@ -48,13 +48,6 @@ class Notifier(LazyClient):
             text = f"Training of {dataset} did not start: {reason}"
         self.publish(f"itsacat: run {run_id} failed", text, details)
 
-    def run_ended(self, run: RunRecord) -> None:
-        """Announce an ended run as what it is (for a notification sent again)."""
-        if run.status == FAILED:
-            self.run_failed(run.run_id, run.error or "unknown error")
-        elif run.status != "CANCELLED":
-            self.run_succeeded(run)
-
     def publish(self, subject: str, text: str, details: dict[str, Any]) -> None:
         """Send a readable message (e-mail) with the details as JSON below it."""
         body = f"{text}\n\n{json.dumps(details, indent=2, sort_keys=True, default=str)}"

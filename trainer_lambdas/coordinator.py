@@ -22,7 +22,7 @@ from state.functions import Functions
 from state.models import ModelStore
 from state.notifications import Notifier
 from state.objects import ObjectStore
-from state.runs import SUCCEEDED, Outcome, Progress, RunRecord, RunStore
+from state.runs import CANCELLED, FAILED, Outcome, Progress, RunRecord, RunStore
 from state.weights import WeightStore
 from trainer_lambdas import datacache, fanout, metrics, plan
 from trainer_lambdas.config import Config
@@ -467,14 +467,14 @@ class Coordinator:
             run = self.s.runs.get(run_id)
         except StateError:
             return
-        if not run.ended or run.notified or run.status == "CANCELLED":
+        if not run.ended or run.notified or run.status == CANCELLED:
             return
         log.info("announcing the end of the run", extra={"run_id": run_id})
-        if run.status == SUCCEEDED and run.params is not None:
-            self._after_success(run, len(params_mod.parse(run.params).neurons))
-        else:
-            self.s.notifier.run_ended(run)
+        if run.status == FAILED:
+            self.s.notifier.run_failed(run_id, run.error or "unknown error")
             self.s.runs.mark_notified(run_id)
+        elif run.params is not None:  # SUCCEEDED: its parameters are there since its start
+            self._after_success(run, len(params_mod.parse(run.params).neurons))
 
     def _release_after_error(self, run_id: str, owner: str, error: Exception) -> None:
         """Give the lease back so that a retry or the watchdog can go on at once."""
