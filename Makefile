@@ -16,8 +16,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
 	touch $(STAMP)
 
-test: install cfn-lint
+test: install cfn-lint browser
 	$(BIN)/python -m pytest -m "not slow and not accuracy" $(PYTEST_ARGS)
+
+# tests/browser drive Debian's headless Chromium through its chromedriver (/usr/bin): installed
+# here with apt-get when either is absent (CI runs as root on a clean machine); no apt-get fails.
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "make browser: chromium and chromedriver are missing and apt-get is not available;" \
+	    "install Chromium and its chromedriver (Debian: chromium, chromium-driver)" >&2; exit 1; \
+	fi; \
+	echo "make browser: installing Debian's chromium and chromium-driver"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium chromium-driver \
+	  || { echo "make browser: apt-get could not install chromium and chromium-driver" >&2; exit 1; }
 
 # The default network on the real cat data, through the embedded stack: at least 80% test
 # accuracy and the reference's costs (about 3 minutes here). CI runs it after `make test`.
@@ -40,6 +54,19 @@ cfn-lint: install
 # DATASET=path trains on that file; DEMO_ARGS passes more options (e.g. --exit).
 demo: install
 	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) $(DEMO_ARGS)
+
+# notebooks/itsacat.ipynb in JupyterLab, installed into the venv on first use (only here:
+# `make test` runs the notebook headless with nbclient). Its kernel is the venv's Python
+# (JUPYTER_PATH puts the venv's kernel first); as root, JupyterLab needs --allow-root.
+# ITSACAT_TARGET=aws for a deployed stack; NOTEBOOK_ARGS go to `jupyter lab` (e.g.
+# --no-browser --port 8888).
+.PHONY: notebook
+NOTEBOOK_ARGS ?=
+notebook: install
+	test -x $(BIN)/jupyter-lab || $(BIN)/python -m pip install --quiet \
+	  --disable-pip-version-check -c constraints.txt jupyterlab
+	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(BIN)/jupyter lab \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_ARGS) notebooks/itsacat.ipynb
 
 # Issue 9: every plan against the reference on a fresh embedded stack (a few minutes); the JSON
 # and the markdown table land in bench/results/. `make bench-scaling` is the slower sweep over

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "itsacat.commands.logs",
     "itsacat.commands.control",
     "itsacat.commands.report",
+    "itsacat.commands.models",
     "itsacat.commands.serve",
     "itsacat.commands.deploy",
     "itsacat.commands.bench",

@@ -1,16 +1,23 @@
-"""The model store: trained models in S3, and the pointer to the latest good one.
+"""The model store: trained models in S3, and the pointers naming which one serves.
 
 Layout in the bucket:
 
     models/<run_id>/params.h5     datasets W1..WL, b1..bL (float64)
     models/<run_id>/model.json    metadata: run_id, parameters, activations, input_shape, ...
-    models/latest.json            {"run_id", "params_key", "model_key", "trained_at"}
-    predict_input/params.h5       copy of the latest params (the original project's location)
-    training_results/results.json summary of the latest run (the original project's location)
+    models/production.json        "blue": the model `/image` serves, and the ones before it
+    models/staging.json           "green": the newest candidate, served at `/staging/image`
+    predict_input/params.h5       copy of the production params (the original project's place)
+    training_results/results.json summary of the production model (the same)
 
-`publish` writes the model's own objects first and the pointer last, so a reader that
-follows the pointer never finds a half-written model. Readers check the pointer's ETag
-(`latest_etag`, one HEAD request) to learn cheaply whether a new model appeared.
+A successful run's model is stored, then *offered*: it becomes the staging candidate, and
+production too only when there is no production model yet. Production changes otherwise
+only by `promote` (refused when the candidate's test accuracy is below production's,
+unless forced) or `rollback` (to the model production held before). Each pointer change is
+one conditional PUT (If-Match the ETag read, or If-None-Match for a first one), so a
+promotion racing another is refused rather than lost, and each pointer is one object
+written whole, so a reader never sees half of it. A model's own objects are written before
+any pointer names them. Readers check a pointer's ETag (`pointer_etag`, one HEAD request)
+to learn cheaply whether the stage changed.
 
 The prediction API ships this module (with `state/errors.py`; `state/clients.py` only when
 no client is injected), so it imports nothing else from the project.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +43,12 @@ from state.errors import NotFound, StateError
 Weights = list[tuple[np.ndarray, np.ndarray]]
 
 MODELS_PREFIX = "models/"
-LATEST_KEY = "models/latest.json"
+PRODUCTION = "production"
+STAGING = "staging"
+STAGES = (PRODUCTION, STAGING)
+POINTER_KEYS = {PRODUCTION: "models/production.json", STAGING: "models/staging.json"}
+# How many earlier production models the pointer remembers for `rollback`.
+HISTORY_LIMIT = 20
 LEGACY_PARAMS_KEY = "predict_input/params.h5"
 LEGACY_RESULTS_KEY = "training_results/results.json"
 DEFAULT_CLASSES = ("non-cat", "cat")
@@ -45,6 +58,18 @@ MAX_PARAMS_BYTES = 256 * 1024 * 1024
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# A conditional PUT refused: the ETag moved (412), or a concurrent conditional write (409).
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_RESULT_FIELDS = (
+    "run_id",
+    "final_cost",
+    "train_accuracy",
+    "test_accuracy",
+    "epochs",
+    "seconds",
+    "trained_at",
+    "costs",
+)
 
 
 class ModelStoreError(StateError):
@@ -63,6 +88,44 @@ class ModelStoreUnavailable(ModelStoreError):
     """S3 refused or failed the request (missing bucket, access denied, no connection)."""
 
 
+class PromotionRefused(ModelStoreError):
+    """A promotion or rollback that would make things worse, or has nothing to act on."""
+
+
+class PromotionConflict(ModelStoreError):
+    """A stage's pointer changed between reading it and writing it; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What a stage's pointer object says, and its ETag (the condition of the next write)."""
+
+    stage: str
+    run_id: str
+    trained_at: str | None
+    set_at: str | None
+    token: str
+    previous: tuple[str, ...]  # earlier production models, oldest first
+    etag: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What offering a run's model did: `promoted` when it went straight to production
+    (there was none); else `production` is the production model's metadata (or None)."""
+
+    run_id: str
+    promoted: bool
+    production: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    run_id: str
+    previous: str | None  # what production held before
+    changed: bool = True
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model read back from the store, ready for `predict_proba`."""
@@ -75,11 +138,13 @@ class LoadedModel:
     classes: tuple[str, str]
     etag: str
     uri: str
+    stage: str = ""  # the stage whose pointer named it, "" when loaded by run id
 
     def summary(self) -> dict[str, Any]:
         """The few fields an API answer names the model by."""
         return {
             "run_id": self.run_id,
+            "stage": self.stage or None,
             "trained_at": self.metadata.get("trained_at"),
             "test_accuracy": self.metadata.get("test_accuracy"),
         }
@@ -184,33 +249,13 @@ class ModelStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def publish(self, run_id: str, weights: Weights, metadata: Mapping[str, Any]) -> str:
-        """Store a trained model and make it the latest (`store`, then `promote`); returns
-        its URI."""
-        h5, doc = self._store(run_id, weights, metadata)
-        self._promote(run_id, h5, doc)
-        return self.uri(run_id)
-
     def store(self, run_id: str, weights: Weights, metadata: Mapping[str, Any]) -> str:
-        """Store a trained model under its run, without making it the latest; returns its URI.
+        """Store a trained model under its run, in no stage yet; returns its URI.
 
         `metadata` carries at least `parameters` (the parameters JSON) and `input_shape`
         ([h, w, 3]); also, where known: `final_cost`, `train_accuracy`, `test_accuracy`,
         `epochs`, `seconds`, `trained_at` (default: now), `classes` (default non-cat/cat).
         """
-        self._store(run_id, weights, metadata)
-        return self.uri(run_id)
-
-    def promote(self, run_id: str) -> None:
-        """Make the stored model of `run_id` the latest (the pointer, and the original
-        project's locations). The trainer calls it only once its run has SUCCEEDED."""
-        doc = _json_doc(self._get(model_key(run_id), MAX_JSON_BYTES)[0], model_key(run_id))
-        h5, _ = self._get(params_key(run_id), MAX_PARAMS_BYTES)
-        self._promote(run_id, h5, doc)
-
-    def _store(
-        self, run_id: str, weights: Weights, metadata: Mapping[str, Any]
-    ) -> tuple[bytes, dict[str, Any]]:
         if not _RUN_ID.match(run_id):
             raise ValueError(f"run id {run_id!r} must be 1-128 of [A-Za-z0-9._-]")
         if not isinstance(metadata.get("parameters"), Mapping):
@@ -219,7 +264,7 @@ class ModelStore:
         activations = _activations(metadata)
         weights = [(np.asarray(w, np.float64), np.asarray(b, np.float64)) for w, b in weights]
         _check_shapes(weights, activations, input_shape)
-        trained_at = metadata.get("trained_at") or datetime.now(UTC).isoformat(timespec="seconds")
+        trained_at = metadata.get("trained_at") or _now()
         doc: dict[str, Any] = {
             **metadata,
             "run_id": run_id,
@@ -231,73 +276,252 @@ class ModelStore:
         }
         for key in ("final_cost", "train_accuracy", "test_accuracy", "epochs", "seconds"):
             doc.setdefault(key, None)
-        h5 = weights_to_h5(weights)
-        self._put(params_key(run_id), h5, "application/x-hdf5")
+        self._put(params_key(run_id), weights_to_h5(weights), "application/x-hdf5")
         self._put(model_key(run_id), _json_bytes(doc), "application/json")
-        return h5, doc
+        return self.uri(run_id)
 
-    def _promote(self, run_id: str, h5: bytes, doc: Mapping[str, Any]) -> None:
-        # The original project's locations, before the pointer like the rest.
-        self._put(LEGACY_PARAMS_KEY, h5, "application/x-hdf5")
-        results: dict[str, Any] = {
-            k: doc.get(k)
-            for k in (
-                "run_id",
-                "final_cost",
-                "train_accuracy",
-                "test_accuracy",
-                "epochs",
-                "seconds",
-                "trained_at",
-                "costs",
+    def publish(self, run_id: str, weights: Weights, metadata: Mapping[str, Any]) -> str:
+        """Store a model and put it in both stages at once, whatever production held (for
+        tools and tests that install a model; training goes through `offer`)."""
+        self.store(run_id, weights, metadata)
+        self._stage_candidate(run_id, self._doc(run_id))
+        self.promote(run_id, force=True)
+        return self.uri(run_id)
+
+    def offer(self, run_id: str) -> Offer:
+        """A stored model of a SUCCEEDED run becomes the staging candidate (unless a newer
+        one is there already), and production too when there is no production model yet.
+        Idempotent: a repeated offer of the same run changes nothing more."""
+        doc = self._doc(run_id)
+        self._stage_candidate(run_id, doc)
+        production = self.pointer(PRODUCTION)
+        if production is None:
+            try:
+                self._swap(PRODUCTION, run_id, doc, None, ())
+                production = self.pointer(PRODUCTION)
+            except PromotionConflict:  # another run's offer came first
+                production = self.pointer(PRODUCTION)
+        if production is not None and production.run_id == run_id:
+            self._write_legacy(run_id, doc)  # again, if an earlier offer stopped before it
+            return Offer(run_id, promoted=True, production=None)
+        current = None if production is None else self._doc_or_none(production.run_id)
+        return Offer(run_id, promoted=False, production=current)
+
+    def promote(self, run_id: str, force: bool = False) -> Promotion:
+        """Make a stored model production: one conditional write of the production pointer
+        (If-Match its ETag, or If-None-Match when there is none), so a promotion racing
+        another is refused (`PromotionConflict`), never lost. Refused (`PromotionRefused`)
+        when the model's test accuracy is below production's, unless `force`."""
+        doc = self._doc(run_id)
+        production = self.pointer(PRODUCTION)
+        if production is not None and production.run_id == run_id:
+            return Promotion(run_id, previous=None, changed=False)
+        if production is not None and not force:
+            _check_not_worse(doc, self._doc_or_none(production.run_id), production.run_id)
+        history = () if production is None else (*production.previous, production.run_id)
+        self._swap(PRODUCTION, run_id, doc, production, history)
+        self._write_legacy(run_id, doc)
+        return Promotion(run_id, previous=None if production is None else production.run_id)
+
+    def rollback(self) -> Promotion:
+        """Production goes back to the model it held before (one conditional write)."""
+        production = self.pointer(PRODUCTION)
+        if production is None:
+            raise PromotionRefused("there is no production model to roll back")
+        if not production.previous:
+            raise PromotionRefused(
+                f"production ({production.run_id}) has no earlier model to go back to"
             )
-            if k in doc
-        }
-        self._put(LEGACY_RESULTS_KEY, _json_bytes(results), "application/json")
+        back = production.previous[-1]
+        doc = self._doc(back)
+        self._swap(PRODUCTION, back, doc, production, production.previous[:-1])
+        self._write_legacy(back, doc)
+        return Promotion(back, previous=production.run_id)
+
+    def _stage_candidate(self, run_id: str, doc: Mapping[str, Any]) -> None:
+        """The staging pointer names the newest candidate: a late or repeated offer of an
+        older run leaves a newer one in place. Conditional, retried on a race."""
+        for _ in range(10):
+            staging = self.pointer(STAGING)
+            if staging is not None and (
+                staging.run_id == run_id
+                or (staging.trained_at or "", staging.run_id)
+                > (str(doc.get("trained_at") or ""), run_id)
+            ):
+                return
+            try:
+                self._swap(STAGING, run_id, doc, staging, ())
+                return
+            except PromotionConflict:
+                continue
+        raise PromotionConflict("the staging pointer kept changing: try again")
+
+    def _swap(
+        self,
+        stage: str,
+        run_id: str,
+        doc: Mapping[str, Any],
+        expected: Pointer | None,
+        previous: Sequence[str],
+    ) -> None:
+        """Write a stage's pointer if it is still `expected` (its ETag; None: absent).
+
+        A write that S3 applied but whose answer was lost is retried by the SDK and then
+        refused (the ETag moved): the pointer read back carries this write's token, so it
+        counts as done."""
+        key = POINTER_KEYS[stage]
+        token = uuid.uuid4().hex
         pointer = {
+            "stage": stage,
             "run_id": run_id,
             "params_key": params_key(run_id),
             "model_key": model_key(run_id),
             "trained_at": doc.get("trained_at"),
+            "test_accuracy": doc.get("test_accuracy"),
+            "set_at": _now(),
+            "token": token,
+            "previous": list(previous)[-HISTORY_LIMIT:],
         }
-        self._put(LATEST_KEY, _json_bytes(pointer), "application/json")
+        condition = {"IfMatch": expected.etag} if expected else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=_json_bytes(pointer),
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as e:
+            if _code(e) not in _CONDITION_FAILED and not (expected and _code(e) in _NOT_FOUND):
+                raise _translate(e, key) from e
+            now = self.pointer(stage)
+            if now is not None and now.token == token:
+                return
+            held = "nothing" if expected is None else expected.run_id
+            raise PromotionConflict(
+                f"{stage} changed while this write was made (it held {held}, now "
+                f"{now.run_id if now else 'nothing'}): nothing was changed; check and retry"
+            ) from e
+        except BotoCoreError as e:
+            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+
+    def _write_legacy(self, run_id: str, doc: Mapping[str, Any]) -> None:
+        """The original project's locations of the production model, after its pointer."""
+        h5, _ = self._get(params_key(run_id), MAX_PARAMS_BYTES)
+        self._put(LEGACY_PARAMS_KEY, h5, "application/x-hdf5")
+        results = {k: doc.get(k) for k in _RESULT_FIELDS if k in doc}
+        self._put(LEGACY_RESULTS_KEY, _json_bytes(results), "application/json")
 
     # -- reading ---------------------------------------------------------------------------
 
-    def latest_etag(self) -> str | None:
-        """The pointer's ETag (one HEAD request), or None when no model was published."""
+    def pointer_etag(self, stage: str = PRODUCTION) -> str | None:
+        """The stage pointer's ETag (one HEAD request), or None when the stage is empty."""
+        key = POINTER_KEYS[stage]
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=LATEST_KEY)
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
             if _code(e) in _NOT_FOUND:
                 return None
-            raise _translate(e, LATEST_KEY) from e
+            raise _translate(e, key) from e
         except BotoCoreError as e:
             raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
         return str(head["ETag"])
 
-    def latest(self) -> LoadedModel | None:
-        """The model the pointer names, or None when no model was published."""
+    def pointer(self, stage: str) -> Pointer | None:
+        """What a stage's pointer says, with its ETag; None when the stage is empty."""
+        key = POINTER_KEYS[stage]
         try:
-            body, etag = self._get(LATEST_KEY, MAX_JSON_BYTES)
+            body, etag = self._get(key, MAX_JSON_BYTES)
         except ModelNotFound:
             return None
-        pointer = _json_doc(body, LATEST_KEY)
-        run_id = pointer.get("run_id")
+        doc = _json_doc(body, key)
+        run_id = doc.get("run_id")
+        previous = doc.get("previous") or []
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise ModelCorrupt(f"{LATEST_KEY} names no valid run_id: {run_id!r}")
+            raise ModelCorrupt(f"{key} names no valid run_id: {run_id!r}")
+        if not isinstance(previous, list) or not all(
+            isinstance(p, str) and _RUN_ID.match(p) for p in previous
+        ):
+            raise ModelCorrupt(f"{key}: 'previous' is not a list of run ids")
+        return Pointer(
+            stage=stage,
+            run_id=run_id,
+            trained_at=doc.get("trained_at"),
+            set_at=doc.get("set_at"),
+            token=str(doc.get("token") or ""),
+            previous=tuple(previous),
+            etag=etag,
+        )
+
+    def current(self, stage: str = PRODUCTION) -> LoadedModel | None:
+        """The model a stage's pointer names, or None when the stage is empty."""
+        pointer = self.pointer(stage)
+        if pointer is None:
+            return None
         try:
-            return self._load(run_id, etag)
+            return self._load(pointer.run_id, pointer.etag, stage)
         except ModelNotFound as e:
-            raise ModelCorrupt(f"{LATEST_KEY} points to a missing model: {e}") from e
+            raise ModelCorrupt(f"{POINTER_KEYS[stage]} points to a missing model: {e}") from e
+
+    def production(self) -> LoadedModel | None:
+        return self.current(PRODUCTION)
+
+    def staging(self) -> LoadedModel | None:
+        return self.current(STAGING)
 
     def load(self, run_id: str) -> LoadedModel:
         """A model by its run id (raises `ModelNotFound` when there is none)."""
         if not _RUN_ID.match(run_id):
             raise ModelNotFound(f"no model {run_id!r}")
-        return self._load(run_id, etag="")
+        return self._load(run_id, etag="", stage="")
 
-    def _load(self, run_id: str, etag: str) -> LoadedModel:
+    def models(self) -> list[dict[str, Any]]:
+        """Every stored model's metadata, oldest first, each with `stages`: the stages
+        whose pointer names it (needs s3:ListBucket, which the CLI has and the API not)."""
+        stages = {s: self.pointer(s) for s in STAGES}
+        out = []
+        for run_id in self._stored_runs():
+            doc = self._doc_or_none(run_id)
+            if doc is None:
+                continue
+            doc["stages"] = [s for s, p in stages.items() if p is not None and p.run_id == run_id]
+            out.append(doc)
+        return sorted(out, key=lambda d: (str(d.get("trained_at") or ""), d["run_id"]))
+
+    def _stored_runs(self) -> list[str]:
+        runs = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=MODELS_PREFIX
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    parts = obj["Key"][len(MODELS_PREFIX) :].split("/")
+                    if len(parts) == 2 and parts[1] == "model.json":
+                        runs.append(parts[0])
+        except ClientError as e:
+            raise _translate(e, MODELS_PREFIX) from e
+        except BotoCoreError as e:
+            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+        return runs
+
+    def _doc(self, run_id: str) -> dict[str, Any]:
+        """A stored model's model.json (`ModelNotFound` when there is none)."""
+        if not _RUN_ID.match(run_id):
+            raise ModelNotFound(f"no model {run_id!r}")
+        try:
+            body, _ = self._get(model_key(run_id), MAX_JSON_BYTES)
+        except ModelNotFound:
+            raise ModelNotFound(f"no model {run_id!r} in s3://{self.bucket}/models/") from None
+        return _json_doc(body, model_key(run_id))
+
+    def _doc_or_none(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return self._doc(run_id)
+        except (ModelNotFound, ModelCorrupt):
+            return None
+
+    def _load(self, run_id: str, etag: str, stage: str) -> LoadedModel:
         meta_body, meta_etag = self._get(model_key(run_id), MAX_JSON_BYTES)
         metadata = _json_doc(meta_body, model_key(run_id))
         params_body, _ = self._get(params_key(run_id), MAX_PARAMS_BYTES)
@@ -320,6 +544,7 @@ class ModelStore:
             classes=(str(classes[0]), str(classes[1])),
             etag=etag or meta_etag,
             uri=self.uri(run_id),
+            stage=stage,
         )
 
     # -- S3 --------------------------------------------------------------------------------
@@ -357,6 +582,32 @@ def _translate(e: ClientError, key: str) -> ModelStoreError:
     if code in _DENIED:
         return ModelStoreUnavailable(f"access to {key} denied ({code})")
     return ModelStoreUnavailable(f"S3 error on {key}: {code or e}")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_not_worse(
+    candidate: Mapping[str, Any], production: Mapping[str, Any] | None, production_id: str
+) -> None:
+    """Refuse a candidate whose test accuracy is below production's (or unknown)."""
+    if production is None:
+        return  # production's model is gone or unreadable: anything is better
+    theirs, ours = production.get("test_accuracy"), candidate.get("test_accuracy")
+    if not isinstance(theirs, int | float):
+        return
+    if not isinstance(ours, int | float):
+        raise PromotionRefused(
+            f"{candidate.get('run_id')} has no test accuracy (its dataset had no test set) "
+            f"to compare with production's {theirs:.1%} ({production_id}): use --force"
+        )
+    if ours < theirs:
+        raise PromotionRefused(
+            f"{candidate.get('run_id')}'s test accuracy {ours:.1%} is below production's "
+            f"{theirs:.1%} ({production_id}): production is unchanged (use --force to "
+            "promote it anyway)"
+        )
 
 
 def _json_bytes(doc: Mapping[str, Any]) -> bytes:

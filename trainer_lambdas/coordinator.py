@@ -408,7 +408,8 @@ class Coordinator:
         weights: Weights,
     ) -> dict[str, Any]:
         """Store the model (`weights`: the primal weights of the final state), end the run
-        SUCCEEDED, and only then make the model the latest and announce it."""
+        SUCCEEDED, and only then offer the model (staging, or production when there is
+        none yet) and announce it."""
         run_id = run.run_id
         train_acc = network.accuracy(weights, p.activations, data.x, data.y)
         test_acc = None
@@ -452,12 +453,14 @@ class Coordinator:
         return {"run_id": run_id, "outcome": "succeeded", "model_uri": model_uri}
 
     def _after_success(self, run: RunRecord, layers: int) -> None:
-        """What follows a run's SUCCEEDED, each step idempotent: promote its model, drop its
-        weights, announce it, note the announcement. A trainer of the run that finds it
-        ended and not announced does it all again (`_announce_if_ended`)."""
-        self.s.models.promote(run.run_id)
+        """What follows a run's SUCCEEDED, each step idempotent: offer its model (the
+        staging candidate; production if there is none), drop its weights, announce it
+        (asking for approval when production did not change), note the announcement. A
+        trainer of the run that finds it ended and not announced does it all again
+        (`_announce_if_ended`)."""
+        offer = self.s.models.offer(run.run_id)
         self.s.weights.delete_run(run.run_id, layers)
-        self.s.notifier.run_succeeded(run)
+        self.s.notifier.run_succeeded(run, offer)
         self.s.runs.mark_notified(run.run_id)
 
     def _announce_if_ended(self, run_id: str) -> None:

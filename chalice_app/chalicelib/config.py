@@ -10,6 +10,8 @@
     ITSACAT_FETCH_PORTS          ports a picture URL may name, comma-separated ports or
                                  ranges (`8080,8000-8100`) or `any` (default: 80,443)
     ITSACAT_FETCH_DEADLINE_SECONDS  the whole fetch of a picture URL, DNS to last byte (15)
+    ITSACAT_STAGE                which model `/`, `/image` and `/model` serve: `production`
+                                 (default) or `staging` (`/staging/...` always serve staging)
 
 The S3 endpoint is not configured here: boto3 reads `AWS_ENDPOINT_URL` itself.
 """
@@ -113,6 +115,16 @@ def _fetch_deadline(env: Mapping[str, str]) -> float:
     return seconds
 
 
+STAGES = ("production", "staging")
+
+
+def _stage(env: Mapping[str, str]) -> str:
+    stage = env.get("ITSACAT_STAGE", "").strip().lower() or "production"
+    if stage not in STAGES:
+        raise ConfigError(f"ITSACAT_STAGE must be production or staging, got {stage!r}")
+    return stage
+
+
 @dataclass(frozen=True)
 class Settings:
     bucket: str | None = None
@@ -126,6 +138,7 @@ class Settings:
     fetch_ports: tuple[PortRange, ...] = DEFAULT_FETCH_PORTS
     max_redirects: int = 3
     model_check_seconds: float = 5.0
+    stage: str = "production"
 
     @property
     def max_body_bytes(self) -> int:
@@ -142,6 +155,7 @@ class Settings:
             max_pixels=int(_number(env, "ITSACAT_MAX_IMAGE_PIXELS", 24_000_000, 1)),
             model_check_seconds=_number(env, "ITSACAT_MODEL_CHECK_SECONDS", 5.0, 0),
             fetch_deadline=_fetch_deadline(env),
+            stage=_stage(env),
             fetch_ports=(
                 parse_ports(env["ITSACAT_FETCH_PORTS"])
                 if env.get("ITSACAT_FETCH_PORTS", "").strip()

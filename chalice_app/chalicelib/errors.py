@@ -10,6 +10,7 @@ the log only.
 # What a client is told for each failure (5xx) code; `message` stays in the log.
 PUBLIC_MESSAGES = {
     "no_model": "no model has been trained yet",
+    "no_candidate": "no candidate model is in staging yet",
     "no_model_store": "no model store is configured",
     "model_store_unavailable": "the model store is unavailable",
     "model_corrupt": "the published model cannot be read",

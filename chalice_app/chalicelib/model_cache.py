@@ -1,6 +1,7 @@
-"""The model held by a warm function, replaced when training publishes a newer one.
+"""The model of one stage held by a warm function, replaced when its pointer changes
+(a promotion, a rollback, or a new staging candidate).
 
-The pointer's ETag is re-checked (one HEAD request) at most every `check_seconds`; the
+The stage pointer's ETag is re-checked (one HEAD request) at most every `check_seconds`; the
 full model is read only when the ETag changed. If S3 fails while a model is cached, the
 cached model keeps answering and the check is retried on a later request.
 """
@@ -12,8 +13,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from chalicelib.errors import ServiceUnavailable
-from state.models import LoadedModel, ModelCorrupt, ModelStore, ModelStoreError
+from chalicelib.errors import PUBLIC_MESSAGES, ServiceUnavailable
+from state.models import (
+    POINTER_KEYS,
+    PRODUCTION,
+    LoadedModel,
+    ModelCorrupt,
+    ModelStore,
+    ModelStoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +32,10 @@ class ModelCache:
         store: ModelStore | None,
         check_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        stage: str = PRODUCTION,
     ) -> None:
         self.store = store
+        self.stage = stage
         self.check_seconds = check_seconds
         self.clock = clock
         self._model: LoadedModel | None = None
@@ -54,10 +64,11 @@ class ModelCache:
             finally:
                 self._checked_at = now
             if self._model is None:
+                code = "no_model" if self.stage == PRODUCTION else "no_candidate"
                 raise ServiceUnavailable(
-                    "no model has been trained yet: the latest-model pointer "
-                    f"s3://{self.store.bucket}/models/latest.json does not exist",
-                    "no_model",
+                    f"{PUBLIC_MESSAGES[code]}: the {self.stage} pointer "
+                    f"s3://{self.store.bucket}/{POINTER_KEYS[self.stage]} does not exist",
+                    code,
                 )
             return self._model
 
@@ -69,11 +80,11 @@ class ModelCache:
             return None
 
     def _refresh(self, store: ModelStore) -> None:
-        etag = store.latest_etag()
+        etag = store.pointer_etag(self.stage)
         if etag is None:
             self._model = None
         elif self._model is None or etag != self._model.etag:
-            model = store.latest()
+            model = store.current(self.stage)
             if model is not None:
-                log.info("serving model %s (%s)", model.run_id, model.uri)
+                log.info("serving %s model %s (%s)", self.stage, model.run_id, model.uri)
             self._model = model

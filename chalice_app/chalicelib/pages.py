@@ -31,8 +31,8 @@ _LAYOUT = Template("""<!doctype html>
 <body>$body</body></html>
 """)
 
-_INDEX = Template("""<h1>Is it a cat?</h1>
-<form method="get" action="image">
+_INDEX = Template("""<h1>Is it a cat?$heading</h1>
+<form id="url-form" method="get" action="$action">
   <p><label>Picture URL<br><input type="url" name="image" required
      placeholder="https://example.com/cat.jpeg"></label></p>
   <p><button type="submit">Ask</button></p>
@@ -48,7 +48,8 @@ document.getElementById("upload").addEventListener("submit", async (event) => {
   event.preventDefault();
   const file = document.getElementById("file").files[0];
   if (!file) return;
-  const response = await fetch("image", {method: "POST", body: file,
+  const response = await fetch(document.getElementById("url-form").action, {
+    method: "POST", body: file,
     headers: {"Content-Type": file.type || "application/octet-stream", "Accept": "text/html"}});
   const text = await response.text();
   if ((response.headers.get("Content-Type") || "").startsWith("text/html")) {
@@ -60,41 +61,59 @@ document.getElementById("upload").addEventListener("submit", async (event) => {
 </script>
 """)
 
-_VERDICT = Template("""<h1>Is it a cat?</h1>
+_VERDICT = Template("""<h1>Is it a cat?$heading</h1>
 <p><img src="$thumbnail" alt="the picture"></p>
 <p class="verdict">$label</p>
 <p>probability of cat: $probability</p>
 <p class="meta">$source<br>$model</p>
-<p><a href="./">Ask again</a></p>
+<p><a href="$home">Ask again</a></p>
 """)
 
 
-def _model_line(summary: dict[str, Any] | None) -> str:
+def _model_line(summary: dict[str, Any] | None, stage: str) -> str:
     if summary is None:
-        return "No model has been trained yet."
+        return (
+            "No model has been trained yet."
+            if stage == "production"
+            else "No candidate model is in staging yet."
+        )
     accuracy = summary.get("test_accuracy")
     shown = f"{accuracy:.0%}" if isinstance(accuracy, int | float) else "unknown"
     return (
-        f"Model {summary.get('run_id')}, trained {summary.get('trained_at')}, "
-        f"test accuracy {shown}."
+        f"Model {summary.get('run_id')} ({summary.get('stage') or stage}), trained "
+        f"{summary.get('trained_at')}, test accuracy {shown}."
     )
+
+
+def _heading(stage: str) -> str:
+    return "" if stage == "production" else f" ({html.escape(stage)})"
 
 
 def _page(title: str, body: str) -> str:
     return _LAYOUT.substitute(title=html.escape(title), style=_STYLE, body=body)
 
 
-def index_page(model: dict[str, Any] | None) -> str:
-    return _page("itsacat", _INDEX.substitute(model=html.escape(_model_line(model))))
+def index_page(model: dict[str, Any] | None, stage: str, action: str = "image") -> str:
+    """The form; `action`: where it sends the picture (relative to the page, or absolute)."""
+    body = _INDEX.substitute(
+        heading=_heading(stage),
+        action=html.escape(action, quote=True),
+        model=html.escape(_model_line(model, stage)),
+    )
+    return _page("itsacat" if stage == "production" else f"itsacat ({stage})", body)
 
 
-def verdict_page(verdict: dict[str, Any], thumbnail: str, source: str) -> str:
+def verdict_page(
+    verdict: dict[str, Any], thumbnail: str, source: str, stage: str, home: str = "./"
+) -> str:
     label = str(verdict["label"])
     body = _VERDICT.substitute(
+        heading=_heading(stage),
+        home=html.escape(home, quote=True),
         thumbnail=html.escape(thumbnail, quote=True),
         label=html.escape(label),
         probability=html.escape(f"{verdict['probability']:.3f}"),
         source=html.escape(source),
-        model=html.escape(_model_line(verdict.get("model"))),
+        model=html.escape(_model_line(verdict.get("model"), stage)),
     )
     return _page(f"itsacat: {label}", body)

@@ -27,7 +27,7 @@ BODY_CONTENT_TYPES = (*images.CONTENT_TYPES, "application/octet-stream")
 _lock = threading.RLock()
 _settings: Settings | None = None
 _s3: Any = None
-_cache: ModelCache | None = None
+_caches: dict[str, ModelCache] = {}
 _fetcher: SafeFetcher | None = None
 
 
@@ -53,14 +53,15 @@ def s3_client() -> Any:
         return _s3
 
 
-def model_cache() -> ModelCache:
-    global _cache
+def model_cache(stage: str | None = None) -> ModelCache:
+    """The cache of one stage's model (default: the stage this API serves, ITSACAT_STAGE)."""
     with _lock:
-        if _cache is None:
-            config = settings()
+        config = settings()
+        stage = stage or config.stage
+        if stage not in _caches:
             store = ModelStore(config.bucket, s3_client=s3_client()) if config.bucket else None
-            _cache = ModelCache(store, config.model_check_seconds)
-        return _cache
+            _caches[stage] = ModelCache(store, config.model_check_seconds, stage=stage)
+        return _caches[stage]
 
 
 def fetcher() -> SafeFetcher:
@@ -81,9 +82,10 @@ def configure(config: Settings) -> None:
 
 def reset() -> None:
     """Forget settings, clients and the cached model (the next call re-reads everything)."""
-    global _settings, _s3, _cache, _fetcher
+    global _settings, _s3, _fetcher
     with _lock:
-        _settings = _s3 = _cache = _fetcher = None
+        _settings = _s3 = _fetcher = None
+        _caches.clear()
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,8 @@ class Prediction:
     source: str
 
 
-def ping() -> dict[str, Any]:
-    model = model_cache().peek()
+def ping(stage: str | None = None) -> dict[str, Any]:
+    model = model_cache(stage).peek()
     return {"message": "Ping Successful!", "model": model.summary() if model else None}
 
 
@@ -114,23 +116,27 @@ MODEL_FIELDS = (
 )
 
 
-def model_info() -> dict[str, Any]:
-    model = model_cache().get()
-    return {k: model.metadata[k] for k in MODEL_FIELDS if k in model.metadata}
+def model_info(stage: str | None = None) -> dict[str, Any]:
+    model = model_cache(stage).get()
+    info = {k: model.metadata[k] for k in MODEL_FIELDS if k in model.metadata}
+    info["stage"] = model.stage
+    return info
 
 
-def classify_url(url: str | None) -> Prediction:
+def classify_url(url: str | None, stage: str | None = None) -> Prediction:
     if url is None or not url.strip():
         raise BadRequest(
             "the 'image' query parameter is required: /image?image=<http(s) URL of a picture>",
             "missing_image",
         )
-    model = model_cache().get()  # 503 before any fetch when there is no model
+    model = model_cache(stage).get()  # 503 before any fetch when there is no model
     fetched = fetcher().fetch(url.strip())
     return _classify(model, fetched.body, fetched.url)
 
 
-def classify_body(body: bytes | None, content_type: str | None) -> Prediction:
+def classify_body(
+    body: bytes | None, content_type: str | None, stage: str | None = None
+) -> Prediction:
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type not in BODY_CONTENT_TYPES:
         raise UnsupportedMediaType(
@@ -145,7 +151,7 @@ def classify_body(body: bytes | None, content_type: str | None) -> Prediction:
         raise PayloadTooLarge(
             f"the picture is larger than {limit} bytes: upload a smaller one", "image_too_large"
         )
-    return _classify(model_cache().get(), body, "upload")
+    return _classify(model_cache(stage).get(), body, "upload")
 
 
 def verdict(model: LoadedModel, image: Image.Image) -> dict[str, Any]:

@@ -94,33 +94,57 @@ def wants_html(request: Any) -> bool:
     return "text/html" in accept
 
 
+# Each view serves the stage the API is configured for (`stage=None`: ITSACAT_STAGE,
+# production by default), or staging when reached through the /staging routes.
+
+
 @answers_errors
-def index(request: Any) -> Response:
-    body = service.ping()
+def index(request: Any, stage: str | None = None) -> Response:
+    body = service.ping(stage)
     if wants_html(request):
-        return html_response(pages.index_page(body["model"]))
+        shown = stage or service.settings().stage
+        return html_response(pages.index_page(body["model"], shown, _links(request, stage)[0]))
     return json_response(body)
 
 
 @answers_errors
-def image_from_url(request: Any) -> Response:
+def image_from_url(request: Any, stage: str | None = None) -> Response:
     url = (request.query_params or {}).get("image")
-    return _answer(request, service.classify_url(url))
+    return _answer(request, service.classify_url(url, stage), stage)
 
 
 @answers_errors
-def image_from_body(request: Any) -> Response:
-    prediction = service.classify_body(request.raw_body, request.headers.get("content-type"))
-    return _answer(request, prediction)
+def image_from_body(request: Any, stage: str | None = None) -> Response:
+    prediction = service.classify_body(request.raw_body, request.headers.get("content-type"), stage)
+    return _answer(request, prediction, stage)
 
 
 @answers_errors
-def model(request: Any) -> Response:
-    return json_response(service.model_info())
+def model(request: Any, stage: str | None = None) -> Response:
+    return json_response(service.model_info(stage))
 
 
-def _answer(request: Any, prediction: service.Prediction) -> Response:
+def _links(request: Any, stage: str | None) -> tuple[str, str]:
+    """(the form's action, the "ask again" link) for a page. At the root they are relative
+    (`image`, `./`), whatever prefix the deployed stage adds. Under /staging they are made
+    from the request's path, because a browser at `/staging` and one at `/staging/` (the
+    same route: API Gateway drops the slash) resolve relative links differently."""
+    if stage is None:
+        return "image", "./"
+    path = str((getattr(request, "context", None) or {}).get("path") or "").rstrip("/")
+    if path.endswith("/image"):
+        path = path[: -len("/image")]
+    if not path.endswith("/staging"):
+        return "staging/image", "staging"
+    return f"{path}/image", path
+
+
+def _answer(request: Any, prediction: service.Prediction, stage: str | None) -> Response:
     if wants_html(request):
         thumbnail = images.thumbnail_data_uri(prediction.image)
-        return html_response(pages.verdict_page(prediction.verdict, thumbnail, prediction.source))
+        shown = stage or service.settings().stage
+        page = pages.verdict_page(
+            prediction.verdict, thumbnail, prediction.source, shown, _links(request, stage)[1]
+        )
+        return html_response(page)
     return json_response(prediction.verdict)

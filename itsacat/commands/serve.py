@@ -36,6 +36,8 @@ CHALICE_DIR = ROOT / "chalice_app"
 # The Chalice stage for local serving: it sets no environment variables, so the bucket
 # and endpoint given here are the ones the app sees (stage variables would override them).
 LOCAL_STAGE = "local"
+# `itsacat serve --stage`: the model stage served, and its default port.
+STAGE_PORTS = {"production": 8000, "staging": 8080}
 # What the app needs from a target: where S3 is, which bucket, and credentials for it.
 TARGET_VARS = (
     "AWS_ENDPOINT_URL",
@@ -111,9 +113,11 @@ def server_command(
     base_env: dict[str, str],
     target: dict[str, str],
     limits: ApiLimits = API_LIMITS,
+    model_stage: str = "production",
 ) -> tuple[list[str], dict[str, str]]:
-    """The local server's command line and its environment (pure: nothing is run)."""
-    env = {**base_env, **target}
+    """The local server's command line and its environment (pure: nothing is run);
+    `model_stage`: which model its `/image` serves (production, or the staging candidate)."""
+    env = {**base_env, **target, "ITSACAT_STAGE": model_stage}
     python_path = [str(ROOT), *filter(None, base_env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(python_path))
     if allow_hosts is not None:
@@ -252,8 +256,9 @@ def serve(args: argparse.Namespace) -> int:
     allow = check_allow_hosts(args.allow_hosts) if args.allow_hosts is not None else None
     resolved = target.resolve()
     limits = ApiLimits(args.concurrency, args.rate, args.burst)
+    port = args.port if args.port is not None else STAGE_PORTS[args.stage]
     argv, env = server_command(
-        args.port, args.host, allow, dict(os.environ), target_env(resolved), limits
+        port, args.host, allow, dict(os.environ), target_env(resolved), limits, args.stage
     )
     role = resolved.get("ITSACAT_API_ROLE_ARN")
     who = f"credentials of {role.rsplit('/', 1)[-1]}, " if role else ""
@@ -263,7 +268,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(
-        f"itsacat serve: http://{args.host}:{args.port}/ "
+        f"itsacat serve: http://{args.host}:{port}/ serving the {args.stage} model "
         f"(bucket {env.get('ITSACAT_BUCKET', '-')}, "
         f"S3 {env.get('AWS_ENDPOINT_URL', 'AWS')}, {who}"
         f"allowed private addresses: {env.get('ITSACAT_ALLOW_HOSTS') or 'none'}; "
@@ -353,7 +358,19 @@ def register(sub: Any) -> None:
             "private and loopback addresses unless --allow-hosts lets them through."
         ),
     )
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument(
+        "--stage",
+        choices=tuple(STAGE_PORTS),
+        default="production",
+        help="which model /image serves: production (default), or the staging candidate "
+        "(/staging/image serves it on either)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on (default 8000 for production, 8080 for staging, like the "
+        "original project's blue and green APIs)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument(
         "--allow-hosts",

@@ -22,6 +22,7 @@ from state.models import ModelStore
 
 ALLOWED = {
     "run_id",
+    "stage",
     "trained_at",
     "input_shape",
     "classes",

@@ -10,25 +10,29 @@ import pytest
 from api_support import INPUT_SHAPE, TinyModel, train_tiny_model
 
 from state.models import (
-    LATEST_KEY,
+    POINTER_KEYS,
+    PRODUCTION,
+    STAGING,
     ModelCorrupt,
     ModelNotFound,
     ModelStore,
     ModelStoreUnavailable,
 )
 
+PRODUCTION_KEY = POINTER_KEYS[PRODUCTION]
+
 
 def _json(s3: Any, bucket: str, key: str) -> dict:
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_publish_then_latest_round_trips_weights_and_metadata(
+def test_publish_then_production_round_trips_weights_and_metadata(
     store: ModelStore, s3: Any, tiny_model: TinyModel
 ) -> None:
     uri = store.publish("run-1", tiny_model.weights, tiny_model.metadata)
     assert uri == f"s3://{store.bucket}/models/run-1/"
 
-    model = store.latest()
+    model = store.production()
     assert model is not None
     assert model.run_id == "run-1"
     assert model.input_shape == INPUT_SHAPE
@@ -44,14 +48,16 @@ def test_publish_then_latest_round_trips_weights_and_metadata(
         assert meta[key] == tiny_model.metadata[key]
     assert meta["trained_at"].endswith("+00:00")
 
-    pointer = _json(s3, store.bucket, LATEST_KEY)
-    assert pointer == {
+    pointer = _json(s3, store.bucket, PRODUCTION_KEY)
+    assert {k: pointer[k] for k in ("stage", "run_id", "params_key", "model_key")} == {
+        "stage": "production",
         "run_id": "run-1",
         "params_key": "models/run-1/params.h5",
         "model_key": "models/run-1/model.json",
-        "trained_at": meta["trained_at"],
     }
-    assert model.etag == s3.head_object(Bucket=store.bucket, Key=LATEST_KEY)["ETag"]
+    assert pointer["trained_at"] == meta["trained_at"] and pointer["previous"] == []
+    assert model.stage == "production" and model.summary()["stage"] == "production"
+    assert model.etag == s3.head_object(Bucket=store.bucket, Key=PRODUCTION_KEY)["ETag"]
     # The original project's locations.
     legacy = s3.get_object(Bucket=store.bucket, Key="predict_input/params.h5")["Body"].read()
     assert legacy == s3.get_object(Bucket=store.bucket, Key="models/run-1/params.h5")["Body"].read()
@@ -61,8 +67,8 @@ def test_publish_then_latest_round_trips_weights_and_metadata(
 
 
 def test_no_model_yet(store: ModelStore) -> None:
-    assert store.latest() is None
-    assert store.latest_etag() is None
+    assert store.production() is None
+    assert store.pointer_etag() is None
     with pytest.raises(ModelNotFound):
         store.load("run-1")
 
@@ -75,25 +81,26 @@ def test_pointer_is_written_last(store: ModelStore, s3: Any, tiny_model: TinyMod
             keys.append(kwargs["Key"])
             return s3.put_object(**kwargs)
 
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3, name)
+
     ModelStore(store.bucket, s3_client=Recording()).publish(
         "run-9", tiny_model.weights, tiny_model.metadata
     )
-    assert keys[-1] == LATEST_KEY
-    assert set(keys[:-1]) == {
-        "models/run-9/params.h5",
-        "models/run-9/model.json",
-        "predict_input/params.h5",
-        "training_results/results.json",
-    }
+    # The model's own objects, then the pointers; the original project's copies follow
+    # the production pointer (they are a copy of what it names).
+    assert keys[:2] == ["models/run-9/params.h5", "models/run-9/model.json"]
+    assert keys[2:4] == [POINTER_KEYS[STAGING], PRODUCTION_KEY]
+    assert set(keys[4:]) == {"predict_input/params.h5", "training_results/results.json"}
 
 
 def test_etag_changes_with_a_new_model(published: ModelStore) -> None:
-    first = published.latest_etag()
+    first = published.pointer_etag()
     other = train_tiny_model(seed=2, epochs=20)
     published.publish("run-2", other.weights, other.metadata)
-    second = published.latest_etag()
+    second = published.pointer_etag()
     assert first and second and first != second
-    latest = published.latest()
+    latest = published.production()
     assert latest is not None and latest.run_id == "run-2"
     np.testing.assert_array_equal(latest.weights[0][0], other.weights[0][0])
     assert published.load("run-1").run_id == "run-1"
@@ -119,7 +126,7 @@ def test_publish_rejects_inconsistent_models(
     weights, metadata = change(tiny_model.weights, tiny_model.metadata)
     with pytest.raises(ValueError, match=message):
         store.publish("run-1", weights, metadata)
-    assert store.latest_etag() is None
+    assert store.pointer_etag() is None
 
 
 def test_publish_rejects_unsafe_run_ids(store: ModelStore, tiny_model: TinyModel) -> None:
@@ -128,24 +135,24 @@ def test_publish_rejects_unsafe_run_ids(store: ModelStore, tiny_model: TinyModel
 
 
 def test_corrupt_pointer(published: ModelStore, s3: Any) -> None:
-    s3.put_object(Bucket=published.bucket, Key=LATEST_KEY, Body=b"{not json")
+    s3.put_object(Bucket=published.bucket, Key=PRODUCTION_KEY, Body=b"{not json")
     with pytest.raises(ModelCorrupt, match="not valid JSON"):
-        published.latest()
+        published.production()
 
 
 def test_pointer_to_a_missing_model(published: ModelStore, s3: Any) -> None:
-    s3.put_object(Bucket=published.bucket, Key=LATEST_KEY, Body=json.dumps({"run_id": "gone"}))
+    s3.put_object(Bucket=published.bucket, Key=PRODUCTION_KEY, Body=json.dumps({"run_id": "gone"}))
     with pytest.raises(ModelCorrupt, match="missing model"):
-        published.latest()
+        published.production()
 
 
 def test_corrupt_params(published: ModelStore, s3: Any) -> None:
     s3.put_object(Bucket=published.bucket, Key="models/run-1/params.h5", Body=b"not hdf5")
     with pytest.raises(ModelCorrupt, match="HDF5"):
-        published.latest()
+        published.production()
 
 
 def test_missing_bucket_is_unavailable(s3: Any) -> None:
     store = ModelStore("itsacat-no-such-bucket", s3_client=s3)
     with pytest.raises(ModelStoreUnavailable):
-        store.latest()
+        store.production()

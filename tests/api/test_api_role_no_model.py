@@ -24,7 +24,7 @@ from chalicelib import service
 
 from embedded.stack import StackInfo
 from itsacat.commands import serve
-from state.models import LATEST_KEY
+from state.models import POINTER_KEYS, PRODUCTION
 
 
 @pytest.fixture
@@ -35,15 +35,15 @@ def no_model_yet(embedded_env: StackInfo) -> Iterator[str]:
     bucket = env["ITSACAT_BUCKET"]
     saved: bytes | None = None
     try:
-        saved = owner.get_object(Bucket=bucket, Key=LATEST_KEY)["Body"].read()
-        owner.delete_object(Bucket=bucket, Key=LATEST_KEY)
+        saved = owner.get_object(Bucket=bucket, Key=POINTER_KEYS[PRODUCTION])["Body"].read()
+        owner.delete_object(Bucket=bucket, Key=POINTER_KEYS[PRODUCTION])
     except ClientError:
         pass
     try:
         yield bucket
     finally:
         if saved is not None:
-            owner.put_object(Bucket=bucket, Key=LATEST_KEY, Body=saved)
+            owner.put_object(Bucket=bucket, Key=POINTER_KEYS[PRODUCTION], Body=saved)
 
 
 def test_the_api_role_gets_404_for_a_missing_model_and_answers_no_model(
@@ -60,7 +60,7 @@ def test_the_api_role_gets_404_for_a_missing_model_and_answers_no_model(
         aws_session_token=api_env["AWS_SESSION_TOKEN"],
     )
     with pytest.raises(ClientError) as missing:
-        role_s3.head_object(Bucket=no_model_yet, Key=LATEST_KEY)
+        role_s3.head_object(Bucket=no_model_yet, Key=POINTER_KEYS[PRODUCTION])
     assert missing.value.response["Error"]["Code"] == "404"
 
     for name, value in api_env.items():

@@ -81,9 +81,66 @@ def test_index_page_for_browsers(client: Client, published: ModelStore) -> None:
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/html")
     page = response.body.decode()
-    assert '<form method="get" action="image">' in page and 'name="image"' in page
-    assert 'type="file"' in page and "run-1" in page
+    assert '<form id="url-form" method="get" action="image">' in page and 'name="image"' in page
+    assert 'type="file"' in page and "Model run-1 (production)" in page
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+
+
+# -- the staging stage: /staging routes, and an API run for staging (ITSACAT_STAGE)
+
+
+@pytest.fixture
+def candidate(published: ModelStore, tiny_model: TinyModel) -> TinyModel:
+    """run-1 in production, a different model (run-2) the staging candidate."""
+    flipped = train_tiny_model(seed=3, epochs=20)
+    published.store("run-2", flipped.weights, {**flipped.metadata, "test_accuracy": 0.1})
+    assert not published.offer("run-2").promoted
+    return flipped
+
+
+def test_staging_routes_answer_with_the_candidate(
+    client: Client, candidate: TinyModel, pictures: PictureServer
+) -> None:
+    assert body(client.http.get("/model"))["stage"] == "production"
+    staged = body(client.http.get("/staging/model"))
+    assert (staged["run_id"], staged["stage"]) == ("run-2", "staging")
+    pictures.files["red.png"] = ("image/png", picture(RED))
+    url = pictures.url("/gen/red.png")
+    prod = body(client.http.get(f"/image?image={url}"))
+    stag = body(client.http.get(f"/staging/image?image={url}"))
+    assert prod["model"]["run_id"] == "run-1" and prod["model"]["stage"] == "production"
+    assert stag["model"]["run_id"] == "run-2" and stag["model"]["stage"] == "staging"
+    data = picture(RED)
+    assert stag["probability"] == pytest.approx(expected_probability(candidate, data))
+    posted = client.http.post(
+        "/staging/image", body=data, headers={"Content-Type": "image/png"}
+    )
+    assert body(posted)["model"]["run_id"] == "run-2"
+
+
+def test_the_staging_page_sends_its_forms_to_staging(client: Client, candidate: TinyModel) -> None:
+    page = client.http.get("/staging", headers=HTML).body.decode()
+    assert "Model run-2 (staging)" in page and "Is it a cat? (staging)" in page
+    assert 'action="/staging/image"' in page  # absolute: /staging and /staging/ are one route
+
+
+def test_no_staging_candidate_is_503_no_model(client: Client, store: ModelStore) -> None:
+    answer = assert_error(client.http.get("/staging/model"), 503, "no_candidate")
+    assert "no candidate model is in staging yet" in answer["error"]
+
+
+def test_an_api_run_for_staging_serves_the_candidate_at_its_root(
+    aws_env: dict[str, str], candidate: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ITSACAT_STAGE", "staging")
+    with Client(app, stage_name="local", project_dir=str(CHALICE_DIR)) as c:
+        assert body(c.http.get("/model"))["run_id"] == "run-2"
+        assert "Model run-2 (staging)" in c.http.get("/", headers=HTML).body.decode()
+    service.reset()
+    monkeypatch.setenv("ITSACAT_STAGE", "blue")
+    with Client(app, stage_name="local", project_dir=str(CHALICE_DIR)) as c:
+        answer = assert_error(c.http.get("/model"), 500, "internal_error")
+    assert answer["error"] == "internal error"
 
 
 def test_model_metadata(client: Client, published: ModelStore, tiny_model: TinyModel) -> None:
@@ -135,6 +192,7 @@ def test_verdict_on_a_url(
     assert answer["probability"] == pytest.approx(expected_probability(tiny_model, data), abs=1e-12)
     assert answer["model"] == {
         "run_id": "run-1",
+        "stage": "production",
         "trained_at": answer["model"]["trained_at"],
         "test_accuracy": tiny_model.metadata["test_accuracy"],
     }

@@ -67,7 +67,7 @@ def test_packaged_template_is_created_in_the_emulator_and_destroy_removes_it(
     for body in (b"1", b"2"):
         s3.put_object(Bucket=bucket, Key="training_input/datasets.h5", Body=body)
     s3.delete_object(Bucket=bucket, Key="training_input/datasets.h5")
-    s3.put_object(Bucket=bucket, Key="models/latest.json", Body=b"{}")
+    s3.put_object(Bucket=bucket, Key="models/production.json", Body=b"{}")
     versions = s3.list_object_versions(Bucket=bucket)
     assert len(versions["Versions"]) == 3 and len(versions["DeleteMarkers"]) == 1
     logs = boto3.client("logs", region_name=REGION)

@@ -192,7 +192,7 @@ def notifications(stack: Stack):
         out = []
         for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
             text = json.loads(m["Body"])["Message"]
-            out.append(json.loads(text.split("\n\n", 1)[1]))
+            out.append(json.loads(text.rsplit("\n\n", 1)[1]))
         return out
 
     yield read

@@ -88,7 +88,7 @@ class World:
     def notifications(self) -> list[dict]:
         msgs = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
         return [
-            json.loads(json.loads(m["Body"])["Message"].split("\n\n", 1)[1])
+            json.loads(json.loads(m["Body"])["Message"].rsplit("\n\n", 1)[1])
             for m in msgs.get("Messages", [])
         ]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from state.models import LATEST_KEY
+from state.models import POINTER_KEYS, PRODUCTION
 from state.runs import FAILED, SUCCEEDED, TRAINING
 from tests.functional.conftest import BUCKET, InProcessInvoker, World
 from tests.functional.test_training_flow import (
@@ -129,8 +129,8 @@ def test_a_hand_over_after_progress_resets_the_loop_count(world: World) -> None:
     assert drive(world, run_id, owner="t2")["outcome"] == "succeeded"
 
 
-def test_the_model_becomes_the_latest_only_after_the_run_succeeded(world: World) -> None:
-    """Finding 10: `publish` wrote models/latest.json before the conditional finish, so a
+def test_the_model_is_offered_only_after_the_run_succeeded(world: World) -> None:
+    """Finding 10: `publish` wrote the latest-model pointer before the conditional finish, so a
     trainer whose finish was refused had already replaced the production model."""
     run_id = launch(world, PARAMS)
     store = world.stores.models.store
@@ -145,7 +145,7 @@ def test_the_model_becomes_the_latest_only_after_the_run_succeeded(world: World)
     world.stores.models.store = stolen_while_storing  # type: ignore[method-assign]
     assert drive(world, run_id, owner="a")["outcome"] == "lost-lease"
     with pytest.raises(ClientError):
-        world.s3.head_object(Bucket=BUCKET, Key=LATEST_KEY)
+        world.s3.head_object(Bucket=BUCKET, Key=POINTER_KEYS[PRODUCTION])
 
 
 def test_a_trainer_that_dies_after_the_end_is_followed_by_one_that_announces_it(
@@ -159,7 +159,7 @@ def test_a_trainer_that_dies_after_the_end_is_followed_by_one_that_announces_it(
     notifier = world.stores.notifier
     real = notifier.run_succeeded
 
-    def dies(run: Any) -> None:
+    def dies(run: Any, offer: Any) -> None:
         raise RuntimeError("Runtime exited with error: signal: killed")
 
     notifier.run_succeeded = dies  # type: ignore[method-assign]
@@ -172,7 +172,7 @@ def test_a_trainer_that_dies_after_the_end_is_followed_by_one_that_announces_it(
     assert drive(world, run_id, owner="a-retry")["outcome"] == "not-ours"
     assert [n["status"] for n in world.notifications()] == ["SUCCEEDED"]
     assert world.stores.runs.get(run_id).notified
-    assert world.stores.models.latest().run_id == run_id  # type: ignore[union-attr]
+    assert world.stores.models.production().run_id == run_id  # type: ignore[union-attr]
     assert _weight_keys(world, run_id) == []  # the run's versions went with its success
     assert drive(world, run_id, owner="a-dup")["outcome"] == "not-ours"
     assert world.notifications() == []  # announced once it is noted

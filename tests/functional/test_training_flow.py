@@ -270,7 +270,7 @@ def test_bad_input_fails_the_run_with_the_reason(
     assert world.functions.started == []  # no trainer, nothing to retry
     note = world.notifications()[-1]
     assert note["status"] == FAILED and reason in note["error"]
-    assert world.stores.models.latest() is None  # no model written
+    assert world.stores.models.production() is None  # no model written
     listing = world.s3.list_objects_v2(Bucket="itsacat-test", Prefix=f"runs/{out['run_id']}/")
     assert listing.get("KeyCount", 0) == 0
 

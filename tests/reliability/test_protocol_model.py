@@ -953,7 +953,7 @@ def test_any_schedule_of_deliveries_and_faults_trains_the_reference_exactly_once
         for (w, b), (rw, rb) in zip(model.weights, ref.weights, strict=True):
             np.testing.assert_allclose(w, rw, rtol=1e-9, atol=1e-15)
             np.testing.assert_allclose(b, rb, rtol=1e-9, atol=1e-15)
-        latest = s.models.latest()
+        latest = s.models.production()
         assert latest is not None and latest.run_id == run_id
     finally:
         note("\n".join(h.log))
