@@ -10,7 +10,7 @@ from itsacat.errors import UserError
 from itsacat.progress import Progress
 from state.costs import CostStore
 from state.errors import NotFound, StateError
-from state.runs import ACTIVE, RunRecord, RunStore
+from state.runs import ACTIVE, SUCCEEDED, RunRecord, RunStore
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -128,9 +128,16 @@ class Runs:
             "(6 minutes on AWS); `itsacat runs` lists the run once it starts"
         )
 
-    def wait(self, run_id: str, show: bool = True, poll_s: float = 0.5) -> RunRecord:
-        """Poll until the run ends, with a progress bar (epoch, cost, ETA) on stderr."""
+    def wait(
+        self, run_id: str, show: bool = True, poll_s: float = 0.5, settle_s: float = 60
+    ) -> RunRecord:
+        """Poll until the run ends, with a progress bar (epoch, cost, ETA) on stderr.
+
+        A SUCCEEDED run is waited for until its end is announced too (at most `settle_s`
+        more): by then its model is in its stage (staging, or production for the first),
+        so what follows the wait finds it there."""
         run = self.get(run_id)
+        ended_at: float | None = None
         total = int((run.params or {}).get("epochs", 1)) if run.params else 1
         bar = Progress(total) if show else None
         try:
@@ -146,7 +153,10 @@ class Runs:
                     fields["absorbed"] = fails
                     bar.update(int(run.epochs_done), **fields)
                 if run.status not in ACTIVE:
-                    return run
+                    ended_at = time.monotonic() if ended_at is None else ended_at
+                    settled = run.status != SUCCEEDED or run.notified
+                    if settled or time.monotonic() - ended_at > settle_s:
+                        return run
                 time.sleep(poll_s)
         finally:
             if bar is not None:

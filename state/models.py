@@ -585,7 +585,7 @@ def _translate(e: ClientError, key: str) -> ModelStoreError:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _check_not_worse(

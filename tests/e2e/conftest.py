@@ -22,7 +22,7 @@ from state import clients
 from state.costs import CostStore
 from state.models import ModelStore
 from state.objects import ObjectStore
-from state.runs import ACTIVE, RunRecord, RunStore
+from state.runs import ACTIVE, SUCCEEDED, RunRecord, RunStore
 from trainer_lambdas import datasets
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn import reference
@@ -85,10 +85,11 @@ class Stack:
         raise AssertionError(f"no run appeared for {key}")
 
     def wait(self, run_id: str, timeout_s: float = 120) -> RunRecord:
+        """The run once it ended (and, SUCCEEDED, once its model was offered and announced)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             run = self.runs().get(run_id)
-            if run.status not in ACTIVE:
+            if run.status not in ACTIVE and (run.status != SUCCEEDED or run.notified):
                 return run
             time.sleep(0.1)
         raise AssertionError(f"run {run_id} still {run.status} after {timeout_s} s")
@@ -112,6 +113,28 @@ def use_stack(info: StackInfo, monkeypatch: pytest.MonkeyPatch) -> Stack:
 def stack(embedded_stack: StackInfo, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     yield use_stack(embedded_stack, monkeypatch)
     clients.client.cache_clear()
+
+
+@pytest.fixture
+def notifications(stack: Stack) -> Iterator[Any]:
+    """An SQS queue subscribed to the run notifications topic; yields a reader."""
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    url = sqs.create_queue(QueueName=f"notes-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    sub = sns.subscribe(TopicArn=stack.env["TOPIC_ARN"], Protocol="sqs", Endpoint=arn["QueueArn"])[
+        "SubscriptionArn"
+    ]
+
+    def read() -> list[dict]:
+        out = []
+        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            text = json.loads(m["Body"])["Message"]
+            out.append(json.loads(text.rsplit("\n\n", 1)[1]))
+        return out
+
+    yield read
+    sns.unsubscribe(SubscriptionArn=sub)
+    sqs.delete_queue(QueueUrl=url)
 
 
 def reference_result(params: dict) -> reference.Result:

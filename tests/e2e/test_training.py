@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import boto3
 import numpy as np
@@ -176,28 +175,6 @@ def test_a_neuron_delivered_twice_changes_nothing(stack: Stack) -> None:
     a = unpack(json.loads(replies[0])["a"], "a")
     np.testing.assert_allclose(a, np.maximum(w @ x, 0), rtol=1e-12)
     assert stack.runs().get(run_id) == before
-
-
-@pytest.fixture
-def notifications(stack: Stack):
-    """An SQS queue subscribed to the run notifications topic; yields a reader."""
-    sqs, sns = boto3.client("sqs"), boto3.client("sns")
-    url = sqs.create_queue(QueueName=f"notes-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
-    sub = sns.subscribe(TopicArn=stack.env["TOPIC_ARN"], Protocol="sqs", Endpoint=arn["QueueArn"])[
-        "SubscriptionArn"
-    ]
-
-    def read() -> list[dict]:
-        out = []
-        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            text = json.loads(m["Body"])["Message"]
-            out.append(json.loads(text.rsplit("\n\n", 1)[1]))
-        return out
-
-    yield read
-    sns.unsubscribe(SubscriptionArn=sub)
-    sqs.delete_queue(QueueUrl=url)
 
 
 @pytest.mark.parametrize(
