@@ -51,9 +51,11 @@ check: lint types cfn-lint test
 cfn-lint: install
 	$(BIN)/cfn-lint templates/*.yaml tests/embedded/fixture_template.yaml
 
-# DATASET=path trains on that file; DEMO_ARGS passes more options (e.g. --exit).
+# DATASET=path trains on that file, DATASET_URL=url downloads the cat data from there (when
+# it is neither in ../shared/data nor cached); DEMO_ARGS passes more options (e.g. --exit).
 demo: install
-	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) $(DEMO_ARGS)
+	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) \
+	  $(if $(DATASET_URL),--dataset-url $(DATASET_URL)) $(DEMO_ARGS)
 
 # notebooks/itsacat.ipynb in JupyterLab, installed into the venv on first use (only here:
 # `make test` runs the notebook headless with nbclient). Its kernel is the venv's Python

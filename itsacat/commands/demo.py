@@ -4,22 +4,40 @@ import argparse
 from pathlib import Path
 
 from itsacat import demo
+from itsacat.dataset_source import SHARED_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the whole story on the embedded stack: upload, train, report, serve, predict",
+        help="the whole story on the embedded stack: upload, train, report, serve, approve",
         description=(
-            "Start the embedded stack (or use the running one), upload the dataset into the "
-            "bucket (--dataset, else ../shared/data/datasets.h5, else a generated stand-in), "
-            "train with the default parameters and a live progress bar, print the summary, "
-            "write the report, serve the prediction API and ask it about the sample pictures. "
-            "Leaves the stack and the API running (stop them with `itsacat down`), unless "
+            "Start the embedded stack (or use the running one) and find the dataset: "
+            "--dataset, else ../shared/data/datasets.h5, else the cached download, else a "
+            "download (itsacat dataset fetch), else a generated stand-in, saying which. "
+            "Upload it (which starts a run), train with the default parameters and a live "
+            "progress bar, print the summary and write the report; the first model goes to "
+            "production. Train a second, shorter run, whose model lands in staging; serve "
+            "both APIs (production and staging), ask both about the sample pictures, and "
+            "promote the candidate only if its test accuracy is at least production's. "
+            "Leaves the stack and the APIs running (stop them with `itsacat down`), unless "
             "--exit."
         ),
     )
     p.add_argument("--dataset", metavar="PATH", help="the datasets.h5 to train on")
+    p.add_argument(
+        "--dataset-url",
+        metavar="URL",
+        help="where to download the cat data if it is neither in ../shared/data nor cached "
+        "(default: $ITSACAT_DATASET_URL, else the original project's published file)",
+    )
+    p.add_argument(
+        "--shared-data",
+        metavar="DIR",
+        default=str(SHARED_DATA),
+        help="the folder with the shared datasets.h5 and sample images (default "
+        "../shared/data beside the checkout; 'none': do not look, as on a fresh clone)",
+    )
     p.add_argument(
         "--epochs", type=int, metavar="N", help="train only N epochs (a shorter demo, for tests)"
     )
@@ -44,7 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="commit every N steps (default: the parameters' commit_every, 50)",
     )
     p.add_argument(
-        "--port", type=int, default=8000, help="the API's port (8000; if 0 or busy, a free one)"
+        "--port",
+        type=int,
+        default=8000,
+        help="the production API's port (8000; if 0 or busy, a free one)",
+    )
+    p.add_argument(
+        "--staging-port",
+        type=int,
+        default=8080,
+        help="the staging API's port (8080, the original project's green API; if 0 or busy, "
+        "a free one)",
     )
     p.add_argument("--out", default="reports", help="where reports go (reports/)")
     p.add_argument("--exit", action="store_true", help="stop everything at the end (for CI)")
@@ -55,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     return demo.run(
         demo.Options(
             dataset=args.dataset,
+            dataset_url=args.dataset_url,
+            shared_data=None if args.shared_data.lower() == "none" else Path(args.shared_data),
             epochs=args.epochs,
             plan=args.plan,
             fanout=args.fanout
@@ -62,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             else (4096 if args.plan == "hybrid" else 1),
             commit_every=args.commit_every,
             port=args.port,
+            staging_port=args.staging_port,
             exit=args.exit,
             out=Path(args.out),
         )

@@ -1,18 +1,23 @@
 """Issue 6 on the embedded stack: watch, logs (and --follow), and the demo end to end."""
 
+import http.server
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from state.runs import SUCCEEDED
-from tests.e2e.conftest import DATA, SMALL, Stack
-from trainer_lambdas import datasets
+from tests.e2e.conftest import SMALL, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATASET = ROOT.parent / "shared" / "data" / "datasets.h5"
 
 
 def itsacat(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -90,44 +95,76 @@ def processes_of(home: Path) -> list[int]:
     return pids
 
 
-def test_demo_exit_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
+@pytest.fixture
+def mirror() -> Iterator[tuple[str, list[str]]]:
+    """The shared cat data served from 127.0.0.1, as a mirror of the published file; its
+    URL, and the paths asked for."""
+    if not SHARED_DATASET.is_file():
+        pytest.fail(f"the tests need the shared cat data at {SHARED_DATASET}")
+    body = SHARED_DATASET.read_bytes()
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/datasets.h5", asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_demo_on_a_fresh_clone_fetches_the_cat_data_and_promotes_only_on_merit(
+    tmp_path: Path, mirror: tuple[str, list[str]]
+) -> None:
+    """`make demo` as on a fresh clone (no ../shared), with a loopback mirror of the cat
+    data: it downloads and checks the data, trains, serves production and staging, and
+    promotes the shorter run only if it is at least as good; --exit leaves nothing."""
+    url, asked = mirror
     home = tmp_path / "home"
     home.mkdir()
-    data = tmp_path / "datasets.h5"
-    datasets.save(DATA, data)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
     env["ITSACAT_HOME"] = str(home)
+    args = ["--shared-data", "none", "--dataset-url", url, "--epochs", "3", "--exit"]
+    ports = ["--port", "0", "--staging-port", "0", "--out", str(tmp_path / "reports")]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "itsacat.cli",
-            "demo",
-            "--dataset",
-            str(data),
-            "--epochs",
-            "3",
-            "--exit",
-            "--port",
-            "0",
-            "--out",
-            str(tmp_path / "reports"),
-        ],
+        [sys.executable, "-m", "itsacat.cli", "demo", *args, *ports],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
         cwd=ROOT,
         env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
-    assert "epochs 3, final cost" in text and "test accuracy" in text
+    assert f"downloading {url}" in text and "(downloaded, sha256 checked)" in text
+    assert asked == ["/datasets.h5"]
+    assert (home / "datasets" / "datasets.h5").read_bytes() == SHARED_DATASET.read_bytes()
+    assert "GENERATED" not in text
+    first, second = re.findall(r"run (datasets-\S+): (\d+) epochs", text)
+    assert (first[1], second[1]) == ("3", "1")
+    assert "the first model, so it went to production at once" in text
+    assert f"its model is in staging ({second[0]}); production is still {first[0]}" in text
     assert "report.md" in text
-    assert text.count("p(cat) = ") >= 1
+    rows = [line for line in text.splitlines() if line.count("p(cat) = ") == 2]
+    assert len(rows) >= 1  # production and staging both answered each picture
     assert "(not allowed): HTTP 400 address_refused" in text
-    assert "Stopping the API, the picture server and the embedded stack" in text
-    reports = list((tmp_path / "reports").glob("*/report.md"))
-    assert len(reports) == 1
+    accuracies = re.findall(
+        r"epochs \d+, final cost \S+, train accuracy \S+, test accuracy (\S+)%", text
+    )
+    better = float(accuracies[1]) >= float(accuracies[0])
+    assert ("promoted: " + second[0] in text) == better, text
+    assert f"production now answers with {second[0] if better else first[0]}" in text
+    assert "Stopping the APIs, the picture server and the embedded stack" in text
+    assert len(list((tmp_path / "reports").glob("*/report.md"))) == 1
     time.sleep(0.5)
     assert processes_of(home) == []
     assert not (home / "stack.json").exists()
