@@ -84,6 +84,11 @@ def test_api_template_takes_bucket_and_layer_from_the_training_stack(
     for name in ("state/models.py", "state/errors.py", "state/clients.py"):
         assert name in names
     assert "state/runs.py" not in names  # the API reads models only
+    # Production at the root, the staging candidate under /staging (blue/green).
+    paths = t["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    for path in ("/", "/image", "/model", "/staging", "/staging/image", "/staging/model"):
+        assert "get" in paths[path], path
+    assert "post" in paths["/image"] and "post" in paths["/staging/image"]
 
 
 def test_dry_run_command_prints_the_plan_offline(
