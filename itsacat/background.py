@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from embedded.stack import default_home
@@ -78,10 +79,17 @@ def running(home: Path | None = None) -> dict[str, dict]:
     return {k: v for k, v in _load(home).items() if alive(v)}
 
 
-def stop_all(home: Path | None = None, timeout_s: float = 5.0) -> list[str]:
-    """Stop every recorded process that is still ours; the names of those stopped."""
+def stop_all(
+    home: Path | None = None, timeout_s: float = 5.0, names: Collection[str] | None = None
+) -> list[str]:
+    """Stop every recorded process that is still ours (with `names`, only those: the others
+    stay recorded); the names of those stopped."""
+    entries = _load(home)
     stopped = []
-    for name, entry in _load(home).items():
+    for name, entry in list(entries.items()):
+        if names is not None and name not in names:
+            continue
+        del entries[name]
         if not alive(entry):
             continue
         pid = int(entry["pid"])
@@ -94,7 +102,10 @@ def stop_all(home: Path | None = None, timeout_s: float = 5.0) -> list[str]:
             os.killpg(pid, signal.SIGKILL)
         _reap(pid)
         stopped.append(name)
-    _path(home).unlink(missing_ok=True)
+    if entries:
+        _path(home).write_text(json.dumps(entries, indent=2))
+    else:
+        _path(home).unlink(missing_ok=True)
     return stopped
 
 

@@ -5,7 +5,8 @@ Two halves, kept apart so that the drawing is testable without AWS:
 - `gather(run_id, sources)` reads what a report needs from the stores (the run record,
   its costs, its model, its test pictures) into plain data, and turns every storage
   problem into a one-line `UserError`;
-- `write_report(...)` draws the plots and writes the markdown from that plain data.
+- `write_report(...)` draws the plots and writes the markdown from that plain data;
+  `figures(inputs)` draws the same plots and writes nothing (notebooks/itsacat.ipynb).
 
 `make_report` is both; the `itsacat report` command only wires it to the current target.
 Figures are drawn on matplotlib's Agg canvas through `Figure` objects, never `pyplot`: no
@@ -187,12 +188,15 @@ def _figure(name: str) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> None:
+def _save(fig: Figure, out_dir: Path | None, name: str) -> None:
+    """Write the figure as `out_dir/name`; with no `out_dir`, nowhere (a notebook shows it)."""
+    if out_dir is None:
+        return
     # No bbox_inches="tight": it would change the pixel size.
     fig.savefig(out_dir / name, dpi=DPI, format="png", facecolor="white")
 
 
-def plot_cost(costs: Sequence[float], out_dir: Path) -> None:
+def plot_cost(costs: Sequence[float], out_dir: Path | None = None) -> Figure:
     fig = _figure("cost.png")
     ax = fig.add_subplot()
     if costs:
@@ -220,9 +224,12 @@ def plot_cost(costs: Sequence[float], out_dir: Path) -> None:
     ax.set_ylabel("cost")
     ax.grid(True, alpha=0.3, which="both")
     _save(fig, out_dir, "cost.png")
+    return fig
 
 
-def plot_accuracy(train: float | None, test: float | None, epochs: int, out_dir: Path) -> None:
+def plot_accuracy(
+    train: float | None, test: float | None, epochs: int, out_dir: Path | None = None
+) -> Figure:
     fig = _figure("accuracy.png")
     ax = fig.add_subplot()
     names = ["train", "test"]
@@ -244,9 +251,12 @@ def plot_accuracy(train: float | None, test: float | None, epochs: int, out_dir:
     ax.set_title(f"Final accuracy after {epochs} epochs")
     ax.grid(True, axis="y", alpha=0.3)
     _save(fig, out_dir, "accuracy.png")
+    return fig
 
 
-def plot_confusion(p: _Predictions, classes: tuple[str, str], out_dir: Path) -> None:
+def plot_confusion(
+    p: _Predictions, classes: tuple[str, str], out_dir: Path | None = None
+) -> Figure:
     fig = _figure("confusion.png")
     ax = fig.add_subplot()
     cm = p.confusion()
@@ -272,6 +282,7 @@ def plot_confusion(p: _Predictions, classes: tuple[str, str], out_dir: Path) -> 
     ax.set_ylabel("true")
     ax.set_title(f"Confusion matrix, test set ({len(p.y)} pictures)")
     _save(fig, out_dir, "confusion.png")
+    return fig
 
 
 def _wrong(p: _Predictions) -> np.ndarray:
@@ -282,9 +293,9 @@ def _wrong(p: _Predictions) -> np.ndarray:
 
 
 def plot_misclassified(
-    x: np.ndarray, p: _Predictions, classes: tuple[str, str], out_dir: Path
-) -> int:
-    """The grid of misclassified test pictures; returns how many were misclassified."""
+    x: np.ndarray, p: _Predictions, classes: tuple[str, str], out_dir: Path | None = None
+) -> Figure:
+    """The grid of misclassified test pictures, the most confidently wrong first."""
     fig = _figure("misclassified.png")
     wrong = _wrong(p)
     if len(wrong) == 0:
@@ -300,7 +311,7 @@ def plot_misclassified(
             transform=ax.transAxes,
         )
         _save(fig, out_dir, "misclassified.png")
-        return 0
+        return fig
     shown = wrong[:MAX_MISCLASSIFIED]
     cols = min(_GRID_COLUMNS, len(shown))
     rows = math.ceil(len(shown) / cols)
@@ -317,7 +328,7 @@ def plot_misclassified(
     more = f", showing the {len(shown)} most confident" if len(wrong) > len(shown) else ""
     fig.suptitle(f"Misclassified test pictures: {len(wrong)} of {len(p.y)}{more}")
     _save(fig, out_dir, "misclassified.png")
-    return len(wrong)
+    return fig
 
 
 def write_report(
@@ -337,25 +348,56 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = (str(classes[0]), str(classes[1]))
-    epochs = int(run_summary.get("epochs") or len(costs))
-    plot_cost(costs, out)
-    preds = None
-    wrong = 0
-    if test_x is not None and test_y is not None and len(test_y) > 0:
-        preds = _predict(model, test_x, test_y)
-        plot_confusion(preds, names, out)
-        wrong = plot_misclassified(test_x, preds, names, out)
-    else:
+    d = _draw(run_summary, costs, model, test_x, test_y, names, out)
+    if d.preds is None:
         # A report written again into the same directory must not keep stale plots.
         for stale in ("confusion.png", "misclassified.png"):
             (out / stale).unlink(missing_ok=True)
+    wrong = 0 if d.preds is None else int((d.preds.pred != d.preds.y).sum())
+    path = out / REPORT_NAME
+    path.write_text(
+        _markdown(run_summary, costs, model, names, d.preds, wrong, d.test_acc, d.epochs)
+    )
+    return path
+
+
+def figures(r: ReportInputs) -> dict[str, Figure]:
+    """The report's plots drawn and written nowhere (a notebook shows them inline), by file
+    name in the order of `FIGURES`; without a test set, no confusion or misclassified."""
+    drawn = _draw(r.summary, r.costs, r.model, r.test_x, r.test_y, r.classes, None).figures
+    return {name: drawn[name] for name in FIGURES if name in drawn}
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    figures: dict[str, Figure]
+    preds: _Predictions | None
+    test_acc: float | None
+    epochs: int
+
+
+def _draw(
+    run_summary: Mapping[str, Any],
+    costs: Sequence[float],
+    model: LoadedModel,
+    test_x: np.ndarray | None,
+    test_y: np.ndarray | None,
+    names: tuple[str, str],
+    out: Path | None,
+) -> _Drawn:
+    """Every plot of a report (saved into `out` unless it is None)."""
+    epochs = int(run_summary.get("epochs") or len(costs))
+    drawn = {"cost.png": plot_cost(costs, out)}
+    preds = None
+    if test_x is not None and test_y is not None and len(test_y) > 0:
+        preds = _predict(model, test_x, test_y)
+        drawn["confusion.png"] = plot_confusion(preds, names, out)
+        drawn["misclassified.png"] = plot_misclassified(test_x, preds, names, out)
     test_acc = run_summary.get("test_accuracy")
     if test_acc is None and preds is not None:
         test_acc = preds.accuracy
-    plot_accuracy(run_summary.get("train_accuracy"), test_acc, epochs, out)
-    path = out / REPORT_NAME
-    path.write_text(_markdown(run_summary, costs, model, names, preds, wrong, test_acc, epochs))
-    return path
+    drawn["accuracy.png"] = plot_accuracy(run_summary.get("train_accuracy"), test_acc, epochs, out)
+    return _Drawn(drawn, preds, test_acc, epochs)
 
 
 # -- markdown ------------------------------------------------------------------------------

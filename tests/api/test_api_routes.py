@@ -112,9 +112,7 @@ def test_staging_routes_answer_with_the_candidate(
     assert stag["model"]["run_id"] == "run-2" and stag["model"]["stage"] == "staging"
     data = picture(RED)
     assert stag["probability"] == pytest.approx(expected_probability(candidate, data))
-    posted = client.http.post(
-        "/staging/image", body=data, headers={"Content-Type": "image/png"}
-    )
+    posted = client.http.post("/staging/image", body=data, headers={"Content-Type": "image/png"})
     assert body(posted)["model"]["run_id"] == "run-2"
 
 
