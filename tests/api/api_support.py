@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import numpy as np
 from PIL import Image
 
+from state.models import ModelStore
 from trainer_lambdas.nn import params as nn_params
 from trainer_lambdas.nn import reference
 from trainer_lambdas.nn.network import Weights, accuracy
@@ -248,6 +250,27 @@ class Api:
     def image(self, url: str, timeout: float = 20) -> tuple[int, dict]:
         status, body = self.get("/image?" + urlencode({"image": url}), timeout=timeout)
         return status, json.loads(body)
+
+
+def store_with_model(
+    moto_endpoint: str, prefix: str, run_id: str, weights: Weights, metadata: dict
+) -> ModelStore:
+    """A fresh bucket (name `prefix-<random>`) on the moto server, holding one model in
+    production and staging; its store (`.bucket`, `.client`)."""
+    import boto3
+
+    bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=bucket)
+    store = ModelStore(bucket, s3_client=s3)
+    store.publish(run_id, weights, metadata)
+    return store
 
 
 def free_port(host: str = "127.0.0.1") -> int:

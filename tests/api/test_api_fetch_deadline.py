@@ -17,18 +17,14 @@ import socket
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import boto3
 import pytest
-from api_support import Api, PictureServer, TinyModel, serve_api
+from api_support import Api, PictureServer, TinyModel, serve_api, store_with_model
 from chalicelib.config import Settings, parse_allow_hosts, parse_ports
 from chalicelib.errors import Refused, UpstreamError, UpstreamTimeout
 from chalicelib.fetch import UPSTREAM_FAILED, SafeFetcher
-
-from state.models import ModelStore
 
 BUDGET = 2.0
 HOST = "127.0.0.2"
@@ -193,16 +189,9 @@ def api(
     pictures: PictureServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    bucket = f"itsacat-deadline-{uuid.uuid4().hex[:12]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=bucket)
-    ModelStore(bucket, s3_client=s3).publish("run-1", tiny_model.weights, tiny_model.metadata)
+    bucket = store_with_model(
+        moto_endpoint, "itsacat-deadline", "run-1", tiny_model.weights, tiny_model.metadata
+    ).bucket
     ports = [s.port for s in (*loopback.attacks.values(), *loopback.failures.values())]
     ports += [loopback.closed_port, pictures.port]  # not loopback.unlisted
     env = {

@@ -19,14 +19,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
 from api_support import (
@@ -37,11 +35,11 @@ from api_support import (
     TinyModel,
     png_declaring,
     serve_api,
+    store_with_model,
 )
 from chalicelib import images
 from PIL import Image, ImageOps
 
-from state.models import ModelStore
 from trainer_lambdas.nn.preprocess import flatten_images
 
 PEAK_MB = 256  # any picture, accepted or refused (the function has 1,536 MB)
@@ -431,16 +429,9 @@ def _proc_mb(pid: int, key: str) -> float:
 def server(
     moto_endpoint: str, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
-    bucket = f"itsacat-bombs-{uuid.uuid4().hex[:12]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=bucket)
-    ModelStore(bucket, s3_client=s3).publish("run-1", tiny_model.weights, tiny_model.metadata)
+    bucket = store_with_model(
+        moto_endpoint, "itsacat-bombs", "run-1", tiny_model.weights, tiny_model.metadata
+    ).bucket
     log_path = tmp_path_factory.mktemp("serve-bombs") / "serve.log"
     # `itsacat serve` execs `chalice local`: the process is the server
     with serve_api(moto_endpoint, bucket, log_path, {}, None) as api:

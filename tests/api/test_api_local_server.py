@@ -15,13 +15,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import boto3
 import pytest
 from api_support import (
     RED,
@@ -30,6 +28,7 @@ from api_support import (
     PictureServer,
     TinyModel,
     picture,
+    store_with_model,
     train_tiny_model,
 )
 from chalicelib import images
@@ -69,23 +68,16 @@ def _free_port() -> int:
 def api(
     moto_endpoint: str, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
-    bucket = f"itsacat-serve-{uuid.uuid4().hex[:12]}"
+    store = store_with_model(
+        moto_endpoint, "itsacat-serve", "run-1", tiny_model.weights, tiny_model.metadata
+    )
+    bucket = store.bucket
     creds = {
         "AWS_ENDPOINT_URL": moto_endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=bucket)
-    store = ModelStore(bucket, s3_client=s3)
-    store.publish("run-1", tiny_model.weights, tiny_model.metadata)
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}

@@ -18,14 +18,20 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from state.models import ModelStore
-from tests.api.api_support import BLUE, RED, Api, PictureServer, picture, serve_api
+from tests.api.api_support import (
+    BLUE,
+    RED,
+    Api,
+    PictureServer,
+    picture,
+    serve_api,
+    store_with_model,
+)
 from tests.browser.browser_support import RednessModel
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,16 +69,9 @@ def api(
     moto_endpoint: str, model: RednessModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     """`itsacat serve` over moto S3, serving `model` (published: production)."""
-    bucket = f"itsacat-browser-{uuid.uuid4().hex[:12]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=bucket)
-    ModelStore(bucket, s3_client=s3).publish(model.run_id, model.weights, model.metadata)
+    bucket = store_with_model(
+        moto_endpoint, "itsacat-browser", model.run_id, model.weights, model.metadata
+    ).bucket
     log_path = tmp_path_factory.mktemp("browser-serve") / "serve.log"
     env = {"ITSACAT_FETCH_PORTS": "any"}  # the picture server listens on a random port
     with serve_api(moto_endpoint, bucket, log_path, env, allow=PICTURE_HOST) as running:

@@ -80,14 +80,18 @@ def test_bad_dataset_is_one_clear_line(tmp_path: Path) -> None:
     assert "not a readable HDF5 file" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_every_subcommand_has_help() -> None:
-    from itsacat.cli import build_parser
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from itsacat.cli import build_parser, main
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:  # type: ignore[union-attr]
-        out = run(name, "--help")
-        assert out.returncode == 0 and "usage: itsacat" in out.stdout, name
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0, name
+        assert "usage: itsacat" in capsys.readouterr().out, name
+    out = run("models", "--help")  # and through the executable's entry point
+    assert out.returncode == 0 and "usage: itsacat models" in out.stdout
 
 
 @pytest.mark.slow
