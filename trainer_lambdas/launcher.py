@@ -192,6 +192,11 @@ class Launcher:
         n_x = int(train.x[0].size)
         m = train.m
         try:
+            if p.l2 != 0 or p.optimizer != "gd":
+                raise params_mod.ParameterError(
+                    "parameters: 'lambda' and 'optimizer' other than gd are not yet trained "
+                    "by the distributed trainer (`itsacat reference` trains them)"
+                )
             in_dual = first_layer_form(p.first_layer, n_x, m)
             m_b = m if p.full_batch(m) or p.batch_size is None else p.batch_size
             plan.check_inputs(p.neurons, m_b, p.plan, m if in_dual else n_x)

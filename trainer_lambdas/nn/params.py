@@ -7,6 +7,16 @@ The original format (accepted unchanged):
      "learning_rate": 0.0075, "batch_size": null, "threshold": 0}
 The original also carried "weight" and "bias" (its initialisation scale); they are accepted
 and ignored with a warning, since `init` decides initialisation here.
+
+Regularisation and the optimiser (see `nn.optimizers` for the update rules):
+    "lambda"     L2 strength λ >= 0 (default 0: none); the cost gains (λ / 2m) Σ_l ||W_l||²
+                 and each dW_l gains (λ / m) W_l, m the batch's examples (biases: never)
+    "optimizer"  "gd" (default), "momentum" or "adam"
+    "beta1"      in [0, 1), default 0.9: momentum and adam only
+    "beta2"      in [0, 1), default 0.999: adam only
+    "epsilon"    > 0, default 1e-8: adam only
+A beta or epsilon key with an optimizer that does not use it is an error, not a silent
+no-op; `to_json` writes them only for the optimizers that use them.
 """
 
 import json
@@ -29,6 +39,9 @@ PLANS = ("fanout", "hybrid")
 # W0 + C X^T with C one coefficient per neuron and example, "primal" as W itself, "auto"
 # dual when that is cheaper (fewer examples than inputs, and a Gram matrix that fits).
 FIRST_LAYER_FORMS = ("auto", "primal", "dual")
+# The update rules (`nn.optimizers`), and which of them reads which hyperparameter.
+OPTIMIZERS = ("gd", "momentum", "adam")
+OPTIMIZER_KEYS = {"beta1": ("momentum", "adam"), "beta2": ("adam",), "epsilon": ("adam",)}
 LEGACY_KEYS = ("weight", "bias")
 KNOWN_KEYS = (
     "epochs",
@@ -44,6 +57,11 @@ KNOWN_KEYS = (
     "commit_every",
     "plan",
     "first_layer",
+    "lambda",
+    "optimizer",
+    "beta1",
+    "beta2",
+    "epsilon",
     *LEGACY_KEYS,
 )
 
@@ -66,6 +84,11 @@ class Parameters:
     commit_every: int = 50
     plan: str = "fanout"
     first_layer: str = "auto"
+    l2: float = 0.0  # JSON key "lambda"
+    optimizer: str = "gd"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -73,12 +96,19 @@ class Parameters:
         return len(self.neurons)
 
     def to_json(self) -> dict[str, Any]:
-        """The original format plus our keys: `parse(p.to_json()) == p`."""
+        """The original format plus our keys: `parse(p.to_json()) == p`. L2 is written as
+        "lambda"; beta1, beta2 and epsilon only for the optimizers that use them."""
         d = asdict(self)
         d.pop("warnings")
         d["layers"] = self.layers
         d["activations"] = {f"layer{i + 1}": g for i, g in enumerate(self.activations)}
         d["neurons"] = {f"layer{i + 1}": n for i, n in enumerate(self.neurons)}
+        d["lambda"] = d.pop("l2")
+        d["optimizer"] = d.pop("optimizer")  # keep the optimizer's keys together
+        for key, users in OPTIMIZER_KEYS.items():
+            value = d.pop(key)
+            if self.optimizer in users:
+                d[key] = value
         return d
 
     def full_batch(self, m: int) -> bool:
@@ -91,6 +121,14 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return (isinstance(v, int | float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _unit_interval(d: dict, key: str, default: float) -> float:
+    """An optional number in [0, 1) (a beta: the share of the running average kept)."""
+    v = d.get(key, default)
+    if not _is_number(v) or not 0 <= v < 1:
+        raise ParameterError(f"parameters: '{key}' must be a number from 0 to below 1, got {v!r}")
+    return float(v)
 
 
 def _int(d: dict, key: str, default: int | None, lo: int, hi: int) -> int:
@@ -195,6 +233,28 @@ def parse(d: Any) -> Parameters:
             f"parameters: 'first_layer' must be one of {', '.join(FIRST_LAYER_FORMS)}, "
             f"got {first_layer!r}"
         )
+    l2 = d.get("lambda", 0)
+    if not _is_number(l2) or l2 < 0:
+        raise ParameterError(
+            f"parameters: 'lambda' (L2 regularisation) must be a number >= 0 (0: none), got {l2!r}"
+        )
+    optimizer = d.get("optimizer", "gd")
+    if optimizer not in OPTIMIZERS:
+        raise ParameterError(
+            f"parameters: 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
+        )
+    beta1 = _unit_interval(d, "beta1", 0.9)
+    beta2 = _unit_interval(d, "beta2", 0.999)
+    epsilon = d.get("epsilon", 1e-8)
+    if not _is_number(epsilon) or epsilon <= 0:
+        raise ParameterError(f"parameters: 'epsilon' must be a positive number, got {epsilon!r}")
+    for key, users in OPTIMIZER_KEYS.items():
+        if key in d and optimizer not in users:
+            raise ParameterError(
+                f"parameters: '{key}' is used only by the {' and '.join(users)} "
+                f"optimizer{'s' if len(users) > 1 else ''}, not by {optimizer!r}: "
+                f"set 'optimizer' or remove '{key}'"
+            )
     return Parameters(
         epochs=epochs,
         activations=tuple(acts),
@@ -208,6 +268,11 @@ def parse(d: Any) -> Parameters:
         commit_every=commit_every,
         plan=plan,
         first_layer=first_layer,
+        l2=float(l2),
+        optimizer=optimizer,
+        beta1=beta1,
+        beta2=beta2,
+        epsilon=float(epsilon),
         warnings=warnings,
     )
 

@@ -1,14 +1,22 @@
-"""The single-process reference trainer: the oracle the distributed trainer must equal."""
+"""The single-process reference trainer: the oracle the distributed trainer must equal.
+
+Each step (epoch, batch) of `schedule` is one `network.train_step`: forward and backward
+on the batch's m examples, the cost plus the L2 term (λ / 2m) Σ ||W_l||² of the weights
+before the update, each dW_l regularised with (λ / m) W_l, then `optimizers.apply` on every
+layer at update number t = epoch * batches_per_epoch + batch + 1 (from 1, across epochs).
+An epoch's cost is the example-weighted mean of its batches' costs (`schedule.epoch_cost`).
+"""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer_lambdas.nn import network, schedule
+from trainer_lambdas.nn import network, optimizers, schedule
 from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.nn.network import Weights
+from trainer_lambdas.nn.optimizers import Slots
 from trainer_lambdas.nn.params import Parameters
 
 
@@ -17,6 +25,7 @@ class Result:
     costs: list[float]
     weights: Weights
     seconds: float
+    slots: list[Slots] = field(default_factory=list)  # the final optimiser state, per layer
 
     @property
     def epochs(self) -> int:
@@ -34,15 +43,16 @@ def train(
     start = time.perf_counter()
     m = x.shape[1]
     weights = initial_weights(params, x.shape[0])
+    slots = optimizers.initial_state(params, weights)
     costs: list[float] = []
     for epoch in range(params.epochs if epochs is None else epochs):
         batch_costs, sizes = [], []
         for batch in range(schedule.batches_per_epoch(params, m)):
             idx = schedule.batch_indices(params, m, epoch, batch)
             xb, yb = (x, y) if idx is None else (x[:, idx], y[:, idx])
-            step = network.step(weights, params.activations, xb, yb, params.learning_rate)
-            weights = step.weights
-            batch_costs.append(step.cost)
+            t = optimizers.step_number(params, m, epoch, batch)
+            batch_cost, weights, slots = network.train_step(weights, slots, params, xb, yb, t)
+            batch_costs.append(batch_cost)
             sizes.append(xb.shape[1])
         cost = schedule.epoch_cost(batch_costs, sizes)
         costs.append(cost)
@@ -50,4 +60,4 @@ def train(
             on_epoch(epoch, cost)
         if params.threshold > 0 and cost <= params.threshold:
             break
-    return Result(costs=costs, weights=weights, seconds=time.perf_counter() - start)
+    return Result(costs=costs, weights=weights, seconds=time.perf_counter() - start, slots=slots)
