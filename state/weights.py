@@ -5,6 +5,10 @@ launcher's version 0 has no writer: "v0000000000#<neuron>"). An item holds the n
 weight row and bias as raw little-endian float64 bytes (a row of layer 1 is 12,288 values,
 96 KiB: it fits one item; a whole layer does not).
 
+Beside a row, an item holds the optimiser's state for it, the same version as the row
+(`extras`: named arrays with one row per neuron, e.g. momentum's `vw`, `vb`), so that the
+state moves with the weights in every commit and is recomputed with them.
+
 A version is written once, by one writer: its key names the writer (the trainer's lease
 token, unique to one delivery of one invocation), and a commit names the writer of the
 version it points to (`weights_writer` in the run record). A stale, duplicated or
@@ -25,6 +29,8 @@ from state.clients import LazyClient, batch_write
 from state.errors import NotFound, StateError, translate
 
 Weights = list[tuple[np.ndarray, np.ndarray]]
+# Per layer: name -> an array with one row per neuron, stored with that neuron's row.
+Extras = list[dict[str, np.ndarray]]
 
 
 def _pk(run_id: str, layer: int) -> str:
@@ -53,19 +59,32 @@ class WeightStore(LazyClient):
         super().__init__(dynamodb)
         self.table = table
 
-    def write(self, run_id: str, version: int, weights: Weights, writer: str = "") -> int:
-        """Write every row of every layer of `version` by `writer`; returns the number of
-        requests made."""
-        items = [
-            {
-                "pk": {"S": _pk(run_id, layer)},
-                "sk": {"S": _sk(version, writer, neuron)},
-                "w": {"B": _f64(w[neuron])},
-                "b": {"B": _f64(b[neuron])},
-            }
-            for layer, (w, b) in enumerate(weights, start=1)
-            for neuron in range(w.shape[0])
-        ]
+    def write(
+        self,
+        run_id: str,
+        version: int,
+        weights: Weights,
+        writer: str = "",
+        extras: Extras | None = None,
+    ) -> int:
+        """Write every row of every layer of `version` by `writer`, each with its rows of
+        `extras` (per layer, name -> one row per neuron); returns the number of requests
+        made."""
+        items = []
+        for layer, (w, b) in enumerate(weights, start=1):
+            more = {} if extras is None else extras[layer - 1]
+            for name, rows in more.items():
+                if name in ("pk", "sk", "w", "b") or rows.shape[0] != w.shape[0]:
+                    raise ValueError(f"layer {layer}: extra {name!r} {rows.shape} does not fit")
+            for neuron in range(w.shape[0]):
+                item = {
+                    "pk": {"S": _pk(run_id, layer)},
+                    "sk": {"S": _sk(version, writer, neuron)},
+                    "w": {"B": _f64(w[neuron])},
+                    "b": {"B": _f64(b[neuron])},
+                }
+                item.update({k: {"B": _f64(v[neuron])} for k, v in more.items()})
+                items.append(item)
         return self._batch(
             [{"PutRequest": {"Item": i}} for i in items], f"write weights v{version}"
         )
@@ -118,10 +137,19 @@ class WeightStore(LazyClient):
         The first layer's rows are its weights (width n_x) or, in the dual form, its
         coefficients (width m, one per training example).
         """
+        return self.read_with_extras(run_id, version, width, sizes, writer)[0]
+
+    def read_with_extras(
+        self, run_id: str, version: int, width: int, sizes: tuple[int, ...], writer: str = ""
+    ) -> tuple[Weights, Extras]:
+        """`read`, and per layer the extras every row of it holds (name -> one row per
+        neuron; an extra that only some rows hold is a `StateError`)."""
         weights: Weights = []
+        extras: Extras = []
         n_prev = width
         for layer, size in enumerate(sizes, start=1):
             rows: dict[int, tuple[bytes, bytes]] = {}
+            more: dict[int, dict[str, bytes]] = {}
             kwargs: dict[str, Any] = {
                 "TableName": self.table,
                 "KeyConditionExpression": "pk = :pk AND begins_with(sk, :v)",
@@ -137,6 +165,9 @@ class WeightStore(LazyClient):
                     for item in out["Items"]:
                         neuron = int(item["sk"]["S"].rsplit("#", 1)[1])
                         rows[neuron] = (item["w"]["B"], item["b"]["B"])
+                        more[neuron] = {
+                            k: v["B"] for k, v in item.items() if k not in ("pk", "sk", "w", "b")
+                        }
                     if "LastEvaluatedKey" not in out:
                         break
                     kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
@@ -152,5 +183,14 @@ class WeightStore(LazyClient):
             if w.shape != (size, n_prev) or b.shape != (size, 1):
                 raise StateError(f"weights of run {run_id} layer {layer} have shape {w.shape}")
             weights.append((w.astype(np.float64), b.astype(np.float64)))
+            names = set(more[0])
+            if any(set(more[n]) != names for n in range(size)):
+                raise StateError(f"weights of run {run_id} layer {layer}: rows differ in extras")
+            extras.append(
+                {
+                    k: np.stack([np.frombuffer(more[n][k], dtype="<f8") for n in range(size)])
+                    for k in sorted(names)
+                }
+            )
             n_prev = size
-        return weights
+        return weights, extras

@@ -1,7 +1,8 @@
 """Drives one run: takes its lease, walks its steps, commits them, hands over, finishes.
 
 The run record's `cursor` counts the committed steps (a step is one batch of one epoch);
-the weights of the committed state are version `cursor` in the weights table. A commit
+the weights of the committed state, with the optimiser's state beside each row (L2 and
+momentum or Adam, `fanout.OptimiserState`), are version `cursor` in the weights table. A commit
 writes the new version's rows, then moves the cursor with a conditional update that also
 requires our lease: a duplicated, late or superseded trainer cannot move it, and training
 is deterministic, so whoever recomputes a step computes the same numbers.
@@ -14,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from state import clients
 from state.costs import CostStore
@@ -31,6 +34,7 @@ from trainer_lambdas.nn import dual, network, schedule
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.nn.network import Weights
+from trainer_lambdas.nn.optimizers import Slots
 from trainer_lambdas.nn.preprocess import flatten_images
 from trainer_lambdas.payloads import TrainerEvent
 
@@ -105,6 +109,7 @@ class _State:
     committed: int
     writer: str  # who wrote the committed version (`weights_writer`)
     weights: Weights  # as of `cursor`, except the layers in `deferred`: one step behind
+    optim: fanout.OptimiserState  # the optimiser's, as of the weights
     epochs_done: int
     last_cost: float | None
     partial_sum: float
@@ -114,6 +119,49 @@ class _State:
     deferred: fanout.Deferred = field(default_factory=dict)
     # (epoch, cost, seconds) of the epochs since the last commit: written with it
     costs: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+# The dual form's scalars, stored with each row of layer 1 (the same in every row).
+DUAL_EXTRAS = ("scale", "v_scale")
+
+
+def optimiser_extras(optim: fanout.OptimiserState, weights: Weights) -> list[dict[str, np.ndarray]]:
+    """The optimiser's state as the weights table stores it beside each row: the slots'
+    rows, and layer 1's scale and v_scale in the dual form (only once they left 1 and 0)."""
+    out: list[dict[str, np.ndarray]] = []
+    for layer, slots in enumerate(optim.slots):
+        extra = {name: getattr(slots, name) for name in slots.names()}
+        if layer == 0 and (optim.scale != 1.0 or optim.v_scale != 0.0):
+            rows = weights[0][0].shape[0]
+            extra.update(
+                scale=np.full((rows, 1), optim.scale), v_scale=np.full((rows, 1), optim.v_scale)
+            )
+        out.append(extra)
+    return out
+
+
+def optimiser_state(
+    rule: params_mod.Parameters | None, weights: Weights, extras: list[dict], version: int
+) -> fanout.OptimiserState:
+    """The optimiser's state stored with version `version` of the weights (the launcher's
+    version 0 holds none: the initial state, zeros)."""
+    initial = fanout.OptimiserState.initial(rule, weights)
+    slots = []
+    for layer, (init, stored) in enumerate(zip(initial.slots, extras, strict=True)):
+        names = init.names()
+        if all(name in stored for name in names):
+            slots.append(Slots(**{name: stored[name] for name in names}))
+        elif version == 0 and not any(name in stored for name in names):
+            slots.append(init)
+        else:
+            raise StateError(
+                f"weights v{version} layer {layer + 1} lack the optimiser's state "
+                f"({', '.join(names)}): stored {', '.join(sorted(stored)) or 'none'}"
+            )
+    first = extras[0] if extras else {}
+    scale = float(first["scale"][0, 0]) if "scale" in first else 1.0
+    v_scale = float(first["v_scale"][0, 0]) if "v_scale" in first else 0.0
+    return fanout.OptimiserState(slots, scale, v_scale)
 
 
 class Coordinator:
@@ -170,17 +218,17 @@ class Coordinator:
         basis = None
         if run.first_layer == "dual":  # as the launcher decided
             basis = dual.Basis.of(initial_weights(p, n_x)[0][0], data.x)
+        # L2 or an optimiser other than gd: the update rule (None: plain gd, as always).
+        rule = None if p.l2 == 0 and p.optimizer == "gd" else p
+        weights, extras = self.s.weights.read_with_extras(
+            run_id, run.weights_version, n_x if basis is None else m, p.neurons, run.weights_writer
+        )
         st = _State(
             cursor=run.cursor,
             committed=run.cursor,
             writer=run.weights_writer,
-            weights=self.s.weights.read(
-                run_id,
-                run.weights_version,
-                n_x if basis is None else m,
-                p.neurons,
-                run.weights_writer,
-            ),
+            weights=weights,
+            optim=optimiser_state(rule, weights, extras, run.weights_version),
             epochs_done=run.epochs_done,
             last_cost=run.last_cost,
             partial_sum=run.partial_sum,
@@ -201,6 +249,10 @@ class Coordinator:
             y=data.y,
             indices=None,
             p0=None if basis is None else basis.p0,
+            rule=rule,
+            # the dual form's L2 term (`dual.squared_norm`): W1(0) and the Gram matrix
+            w0=None if basis is None or p.l2 == 0 else basis.w0,
+            gram=None if basis is None or p.l2 == 0 else dual.gram(data.x),
         )
         lost = self.invoker.halt
         last_commit = time.monotonic()
@@ -227,11 +279,13 @@ class Coordinator:
             epoch, batch = divmod(st.cursor, spe)
             idx = schedule.batch_indices(p, m, epoch, batch)
             y = data.y if idx is None else data.y[:, idx]
-            inputs = replace(base, y=y, indices=None if idx is None else idx.tolist())
-            result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred)
+            inputs = replace(
+                base, y=y, indices=None if idx is None else idx.tolist(), t=st.cursor + 1
+            )
+            result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred, st.optim)
             if not math.isfinite(result.cost):
                 return self._diverged(run_id, owner, epoch, result.cost)
-            st.weights, st.deferred = result.weights, result.deferred
+            st.weights, st.deferred, st.optim = result.weights, result.deferred, result.state
             st.cursor += 1
             st.partial_sum += result.cost * y.shape[1]
             st.partial_n += y.shape[1]
@@ -257,7 +311,9 @@ class Coordinator:
                 last_commit = time.monotonic()
                 slowest_commit = max(slowest_commit, last_commit - now)
             slowest_step = max(slowest_step, now - t0)
-        weights = st.weights if basis is None else dual.primal(st.weights, basis, data.x)
+        weights = st.weights
+        if basis is not None:
+            weights = dual.primal(st.weights, basis, data.x, st.optim.scale)
         return self._finish(run, owner, st, p, data, weights)
 
     def _diverged(self, run_id: str, owner: str, epoch: int, cost: float) -> dict[str, Any]:
@@ -290,7 +346,9 @@ class Coordinator:
     ) -> None:
         """Apply the updates still pending from the last step (before storing the weights)."""
         if st.deferred:
-            st.weights = fanout.settle(st.weights, st.deferred, blocks, inputs, self.invoker)
+            st.weights, st.optim = fanout.settle(
+                st.weights, st.deferred, blocks, inputs, self.invoker, st.optim
+            )
             st.deferred = {}
 
     def _commit(
@@ -313,7 +371,9 @@ class Coordinator:
             st.costs = []
         moved = st.cursor != st.committed
         if moved:
-            self.s.weights.write(run_id, st.cursor, st.weights, owner)
+            self.s.weights.write(
+                run_id, st.cursor, st.weights, owner, optimiser_extras(st.optim, st.weights)
+            )
         writer = owner if moved else st.writer
         try:
             self.s.runs.commit(

@@ -30,17 +30,27 @@ coefficients C: a forward request carries the block's rows of C and of P0, and t
 multiplies them by its cached Gram matrix. The layer's backward pass is then dZ1 / m_b, an
 elementwise product with no weights and no inputs in it, so the trainer does it itself
 with `dual.backward`, as it applies every update.
+
+L2 and the optimisers (`nn.optimizers`): every update, wherever it runs, is
+`optimizers.regularised` then `optimizers.apply` with the layer's optimiser state
+(`OptimiserState`, which a step returns beside the weights) and the step's number t. The
+neurons return raw gradients; the trainer regularises them with its own copy of the rows,
+the same values. A deferred update carries the rule, its t and the block's rows of the
+state, so the block's update equals the trainer's. In the dual form, L2 and momentum keep
+layer 1 as W1 = scale W1(0) + C X^T (`nn.dual`): the forward requests carry scale P0.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from trainer_lambdas.nn import dual, neurons
+from trainer_lambdas.nn import dual, neurons, optimizers
 from trainer_lambdas.nn.cost import cross_entropy, cross_entropy_grad
 from trainer_lambdas.nn.network import Weights
+from trainer_lambdas.nn.optimizers import Slots
+from trainer_lambdas.nn.params import Parameters
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
 from trainer_lambdas.plan import Block
 
@@ -56,6 +66,35 @@ class StepInputs:
     y: np.ndarray  # (1, m) labels of this step's batch
     indices: list[int] | None  # the batch's columns of the training data; None: all
     p0: np.ndarray | None = None  # first layer in the dual form: W1(0) X (n1, m); None: primal
+    rule: Parameters | None = None  # the run's parameters: L2 and the optimiser (None: gd)
+    t: int = 1  # this step's update number, from 1
+    w0: np.ndarray | None = None  # dual form with L2: W1(0), for the L2 term of the cost
+    gram: np.ndarray | None = None  # dual form with L2: X^T X, for the same
+
+
+@dataclass(frozen=True)
+class OptimiserState:
+    """What the optimiser keeps beside the weights: per layer its `Slots` (of C and b for
+    layer 1 in the dual form), and the dual form's W1 = scale W1(0) + C X^T with momentum's
+    v1 = v_scale W1(0) + V X^T (scale 1, v_scale 0 without L2)."""
+
+    slots: list[Slots]
+    scale: float = 1.0
+    v_scale: float = 0.0
+
+    @classmethod
+    def initial(cls, rule: Parameters | None, weights: Weights) -> "OptimiserState":
+        optimizer = "gd" if rule is None else rule.optimizer
+        return cls([optimizers.initial_slots(optimizer, w, b) for w, b in weights])
+
+
+@dataclass(frozen=True)
+class Made:
+    """The step an update belongs to: its batch's examples, its number t, its learning rate."""
+
+    m: int
+    t: int
+    learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -65,6 +104,11 @@ class Pending:
     dz: np.ndarray  # (n_l, m_b) dL_sum/dZ of the layer's rows in that step
     a_prev: np.ndarray  # (n_{l-1}, m_b) the layer's input in that step
     learning_rate: float  # that step's
+    t: int = 1  # that step's update number
+
+    @property
+    def made(self) -> Made:
+        return Made(self.a_prev.shape[1], self.t, self.learning_rate)
 
 
 # layer (0-based) -> its pending update; `settle` applies them all
@@ -79,6 +123,7 @@ class Step:
     cost: float
     weights: Weights
     deferred: Deferred
+    state: OptimiserState  # as of the weights: the deferred layers' is one step behind too
 
 
 def step(
@@ -87,16 +132,23 @@ def step(
     inp: StepInputs,
     invoke: Invoker,
     deferred: Deferred | None = None,
+    state: OptimiserState | None = None,
 ) -> Step:
     """One forward/backward/update over the plan's blocks; with `settle`, equals
-    `network.step`. `deferred`: the previous step's pending updates, which the layers'
-    blocks apply in this step's forward invocations."""
+    `network.train_step`. `deferred`: the previous step's pending updates, which the
+    layers' blocks apply in this step's forward invocations; `state`: the optimiser's, as
+    of `weights` (None: the initial one)."""
     deferred = deferred or {}
+    state = state or OptimiserState.initial(inp.rule, weights)
+    slots = list(state.slots)
+    scale, v_scale = state.scale, state.v_scale
     cur: Weights = list(weights)
     acts: list[np.ndarray] = []
     p0 = None
     if inp.p0 is not None:
         p0 = inp.p0 if inp.indices is None else inp.p0[:, inp.indices]
+        if scale != 1.0:
+            p0 = scale * p0
     last = len(blocks) - 1
     # The output layer's blocks (when it is not also the first layer) compute forward, the
     # loss gradient and backward in one invocation: one wave fewer per step.
@@ -118,49 +170,95 @@ def step(
             )
             continue
         else:
+            carried = _deferred(pending, slots[layer], inp.rule)
             reqs = [
-                _request(inp, blk, phase, w[blk.lo : blk.hi], b, a_prev, **_deferred(pending, blk))
+                _request(inp, blk, phase, w[blk.lo : blk.hi], b, a_prev, **carried(blk))
                 for blk in layer_blocks
             ]
         outs = invoke(reqs)
         if pending is not None:  # the blocks applied it before their forward pass
-            cur[layer] = neurons.update(w, b, _gradients(outs), pending.learning_rate)
+            g = _gradients(outs)
+            cur[layer], slots[layer] = _update(w, b, g, slots[layer], pending.made, inp.rule)
         acts.append(np.vstack([_need(o.a, "a") for o in outs]))
         if phase == "output":
             output_grads = _gradients(outs, with_dz=True)
-    cost = cross_entropy(acts[-1], inp.y)
+    m_b = inp.y.shape[1]
+    cost = cross_entropy(acts[-1], inp.y) + _l2_term(cur, p0 is not None, scale, inp)
     da = cross_entropy_grad(acts[-1], inp.y)
     new: Weights = list(cur)
     pend: Deferred = {}
+    now = Made(m_b, inp.t, inp.learning_rate)  # an update made in this step
     for layer in reversed(range(len(blocks))):
         w, b = cur[layer]
         a_prev = None if layer == 0 else acts[layer - 1]
         act = inp.activations[layer]
         if layer == 0 and p0 is not None:
             g = dual.backward(acts[0], da, act, w.shape[1], inp.indices)
-            new[0] = neurons.update(w, b, g, inp.learning_rate)
+            if inp.rule is None:
+                new[0] = neurons.update(w, b, g, inp.learning_rate)
+                continue
+            d = dual.update_coefficients(
+                scale, w, v_scale, slots[0].vw, b, slots[0].vb, g.dw, g.db, m_b, inp.t, inp.rule
+            )
+            new[0], slots[0] = (d.c, d.b), Slots(vw=d.vc, vb=d.vb)
+            scale, v_scale = d.scale, d.v_scale
             continue
         if not blocks[layer]:
             a_in = _local_input(a_prev, layer)
             g = neurons.backward(w, acts[layer], a_in, da, act, a_in.shape[1], True)
-            new[layer] = neurons.update(w, b, g, inp.learning_rate)
+            new[layer], slots[layer] = _update(w, b, g, slots[layer], now, inp.rule)
             da = g.da_prev
             continue
         if layer == last and output_grads is not None:
             dz = output_grads.dz  # computed with the forward pass
-            new[layer] = neurons.update(w, b, output_grads, inp.learning_rate)
+            new[layer], slots[layer] = _update(w, b, output_grads, slots[layer], now, inp.rule)
         else:
             dz = neurons.dz_of(da, acts[layer], act)
             if a_prev is not None:
                 # A hidden layer's blocks apply this update in their next forward invocation
                 # (or `settle` does): no backward wave for it.
-                pend[layer] = Pending(dz=dz, a_prev=a_prev, learning_rate=inp.learning_rate)
+                pend[layer] = Pending(
+                    dz=dz, a_prev=a_prev, learning_rate=inp.learning_rate, t=inp.t
+                )
             else:  # the first layer in the primal form: its inputs live with the neurons
                 reqs = [_backward_request(inp, blk, w, b, None, dz) for blk in blocks[layer]]
-                new[layer] = neurons.update(w, b, _gradients(invoke(reqs)), inp.learning_rate)
+                g = _gradients(invoke(reqs))
+                new[layer], slots[layer] = _update(w, b, g, slots[layer], now, inp.rule)
         if layer > 0:
             da = w.T @ dz  # dL/dA_prev from every block's dZ rows, with W before the update
-    return Step(cost=cost, weights=new, deferred=pend)
+    return Step(cost=cost, weights=new, deferred=pend, state=OptimiserState(slots, scale, v_scale))
+
+
+def _update(
+    w: np.ndarray,
+    b: np.ndarray,
+    g: neurons.Backward,
+    slots: Slots,
+    made: Made,
+    rule: Parameters | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], Slots]:
+    """A layer's update with the raw gradients `g` of the step `made`: plain gd without a
+    rule, else L2 and the optimiser's rule."""
+    if rule is None:
+        return neurons.update(w, b, g, made.learning_rate), slots
+    dw = optimizers.regularised(g.dw, w, rule.l2, made.m)
+    w2, b2, slots2 = optimizers.apply(w, b, dw, g.db, slots, made.t, rule)
+    return (w2, b2), slots2
+
+
+def _l2_term(cur: Weights, in_dual: bool, scale: float, inp: StepInputs) -> float:
+    """The cost's L2 term, of the weights this step's forward pass used (0 without L2)."""
+    if inp.rule is None or inp.rule.l2 == 0:
+        return 0.0
+    norms = 0.0
+    for layer, (w, _) in enumerate(cur):
+        if layer == 0 and in_dual:
+            if inp.w0 is None or inp.gram is None or inp.p0 is None:
+                raise ValueError("the dual form's L2 term needs W1(0), P0 and the Gram matrix")
+            norms += dual.squared_norm(scale, w, inp.w0, inp.p0, inp.gram)
+        else:
+            norms += optimizers.squared_norm(w)
+    return optimizers.l2_penalty(norms, inp.rule.l2, inp.y.shape[1])
 
 
 def settle(
@@ -169,11 +267,14 @@ def settle(
     blocks: list[list[Block]],
     inp: StepInputs,
     invoke: Invoker,
-) -> Weights:
-    """The weights with every pending update applied: one wave of backward invocations,
-    one per block of the deferred layers (before a commit, a hand-over or the end)."""
+    state: OptimiserState | None = None,
+) -> tuple[Weights, OptimiserState]:
+    """The weights (and the optimiser's state) with every pending update applied: one wave
+    of backward invocations, one per block of the deferred layers (before a commit, a
+    hand-over or the end)."""
+    state = state or OptimiserState.initial(inp.rule, weights)
     if not deferred:
-        return weights
+        return weights, state
     layers = sorted(deferred)
     reqs = [
         _backward_request(inp, blk, *weights[layer], deferred[layer].a_prev, deferred[layer].dz)
@@ -182,14 +283,15 @@ def settle(
     ]
     outs = invoke(reqs)
     new: Weights = list(weights)
+    slots = list(state.slots)
     i = 0
     for layer in layers:
         n = len(blocks[layer])
         w, b = weights[layer]
         g = _gradients(outs[i : i + n])
-        new[layer] = neurons.update(w, b, g, deferred[layer].learning_rate)
+        new[layer], slots[layer] = _update(w, b, g, slots[layer], deferred[layer].made, inp.rule)
         i += n
-    return new
+    return new, replace(state, slots=slots)
 
 
 def _gradients(outs: list[NeuronResponse], with_dz: bool = False) -> neurons.Backward:
@@ -203,15 +305,53 @@ def _gradients(outs: list[NeuronResponse], with_dz: bool = False) -> neurons.Bac
     )
 
 
-def _deferred(pending: Pending | None, blk: Block) -> dict[str, Any]:
-    """What a forward request carries to apply its block's pending update first."""
-    if pending is None:
-        return {}
+def _deferred(
+    pending: Pending | None, slots: Slots, rule: Parameters | None
+) -> Callable[[Block], dict[str, Any]]:
+    """What a block's forward request carries to apply its pending update first: its rows
+    of dZ, the step's input, and with a rule, the rule, t and its rows of the state."""
+
+    def carried(blk: Block) -> dict[str, Any]:
+        if pending is None:
+            return {}
+        out: dict[str, Any] = {
+            "dz": pending.dz[blk.lo : blk.hi],
+            "grad_input": pending.a_prev,
+            "learning_rate": pending.learning_rate,
+        }
+        if rule is not None:
+            rows = slots.rows(blk.lo, blk.hi)
+            out.update(rule=rule_of(rule), t=pending.t)
+            out.update({k: getattr(rows, k) for k in optimizers.slot_names(rule.optimizer)})
+        return out
+
+    return carried
+
+
+def rule_of(p: Parameters) -> dict[str, Any]:
+    """The update rule's hyperparameters, as a forward request carries them."""
     return {
-        "dz": pending.dz[blk.lo : blk.hi],
-        "grad_input": pending.a_prev,
-        "learning_rate": pending.learning_rate,
+        "optimizer": p.optimizer,
+        "lambda": p.l2,
+        "beta1": p.beta1,
+        "beta2": p.beta2,
+        "epsilon": p.epsilon,
     }
+
+
+def _rule_params(rule: dict[str, Any], learning_rate: float) -> Parameters:
+    """A request's rule as `optimizers.apply` reads it (it reads only these fields)."""
+    return Parameters(
+        epochs=1,
+        activations=("sigmoid",),
+        neurons=(1,),
+        learning_rate=learning_rate,
+        l2=float(rule["lambda"]),
+        optimizer=str(rule["optimizer"]),
+        beta1=float(rule["beta1"]),
+        beta2=float(rule["beta2"]),
+        epsilon=float(rule["epsilon"]),
+    )
 
 
 def _backward_request(
@@ -260,8 +400,16 @@ def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None)
         w, b, g = req.w, req.b, None
         if req.dz is not None:  # the previous step's update of these rows, deferred to here
             grad_input = _need(req.grad_input, "grad_input")
-            g = neurons.weight_gradients(req.dz, grad_input, grad_input.shape[1])
-            w, b = neurons.update(w, b, g, _need_float(req.learning_rate, "learning_rate"))
+            m_b = grad_input.shape[1]
+            g = neurons.weight_gradients(req.dz, grad_input, m_b)
+            lr = _need_float(req.learning_rate, "learning_rate")
+            if req.rule is None:
+                w, b = neurons.update(w, b, g, lr)
+            else:  # as the trainer's `_update`: the same operations on the same rows
+                rule = _rule_params(req.rule, lr)
+                dw = optimizers.regularised(g.dw, w, rule.l2, m_b)
+                slots = Slots(vw=req.vw, vb=req.vb, sw=req.sw, sb=req.sb)
+                w, b, _ = optimizers.apply(w, b, dw, g.db, slots, req.t or 1, rule)
         f = neurons.forward(w, b, a_prev, req.activation)
         if g is None:
             return NeuronResponse(a=f.a)

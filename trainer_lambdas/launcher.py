@@ -36,7 +36,7 @@ from state.runs import PREPARING, Prepared
 from trainer_lambdas import datasets, plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
-from trainer_lambdas.nn import dual, schedule
+from trainer_lambdas.nn import dual, optimizers, schedule
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.init import initial_weights
 from trainer_lambdas.payloads import TrainerEvent, UploadedObject
@@ -73,35 +73,42 @@ class Rejected(Exception):
     reason: str
 
 
-def first_layer_form(form: str, n_x: int, m: int) -> bool:
+def first_layer_form(form: str, n_x: int, m: int, optimizer: str = "gd") -> bool:
     """Whether layer 1 trains in the dual form (`dual.use_dual`), so that its stored rows
-    fit a DynamoDB item: n_x values a row in the primal form, m in the dual form, at most
-    MAX_ROW_VALUES. "auto" takes the other form when the one `use_dual` chose does not fit
-    and the other does (the numbers are the same either way); otherwise ValueError. (The
-    other layers' rows are at most params.MAX_NEURONS values: they always fit.)"""
-    chosen = dual.use_dual(form, n_x, m)  # ParameterError: 'dual' with too big a Gram matrix
-    if (m if chosen else n_x) <= MAX_ROW_VALUES:
+    fit a DynamoDB item: n_x values a row in the primal form, m in the dual form, times one
+    more for each of the optimiser's states of W stored beside the row (momentum's v, Adam's
+    v and s), at most MAX_ROW_VALUES. "auto" takes the other form when the one `use_dual`
+    chose does not fit and the other does (the numbers are the same either way); otherwise
+    ValueError. (The other layers' rows are at most params.MAX_NEURONS values, three times
+    at most: they always fit.)"""
+    copies = 1 + sum(name.endswith("w") for name in optimizers.slot_names(optimizer))
+    limit_values = MAX_ROW_VALUES // copies
+    # ParameterError: 'dual' with too big a Gram matrix, or with adam
+    chosen = dual.use_dual(form, n_x, m, optimizer)
+    if (m if chosen else n_x) <= limit_values:
         return chosen
     try:
-        other_fits = dual.use_dual("primal" if chosen else "dual", n_x, m) != chosen
+        other_fits = dual.use_dual("primal" if chosen else "dual", n_x, m, optimizer) != chosen
     except params_mod.ParameterError:  # the dual form's Gram matrix would be too big
         other_fits = False
-    other_fits = other_fits and (n_x if chosen else m) <= MAX_ROW_VALUES
+    other_fits = other_fits and (n_x if chosen else m) <= limit_values
     if form == "auto" and other_fits:
         return not chosen
     limit = "over DynamoDB's 400 KB item limit (one item per row)"
+    if copies > 1:
+        limit += f" with the {optimizer} optimizer's state beside it ({copies} copies)"
     if chosen:
         raise ValueError(
             f"layer 1's stored rows would hold {m} values in the dual form (one per example, "
             f"{8 * m / 1024:.0f} KB), {limit}: use first_layer 'primal' or at most "
-            f"{MAX_ROW_VALUES} examples"
+            f"{limit_values} examples"
         )
-    side = int((MAX_ROW_VALUES // 3) ** 0.5)
+    side = int((limit_values // 3) ** 0.5)
     advice = f"first_layer 'dual' (rows of {m} values) or " if other_fits else ""
     raise ValueError(
         f"layer 1's weight rows would hold {n_x} values in the primal form "
         f"({8 * n_x / 1024:.0f} KB), {limit}: use {advice}smaller pictures (at most "
-        f"{MAX_ROW_VALUES} values, e.g. {side}x{side}x3)"
+        f"{limit_values} values, e.g. {side}x{side}x3)"
     )
 
 
@@ -192,12 +199,7 @@ class Launcher:
         n_x = int(train.x[0].size)
         m = train.m
         try:
-            if p.l2 != 0 or p.optimizer != "gd":
-                raise params_mod.ParameterError(
-                    "parameters: 'lambda' and 'optimizer' other than gd are not yet trained "
-                    "by the distributed trainer (`itsacat reference` trains them)"
-                )
-            in_dual = first_layer_form(p.first_layer, n_x, m)
+            in_dual = first_layer_form(p.first_layer, n_x, m, p.optimizer)
             m_b = m if p.full_batch(m) or p.batch_size is None else p.batch_size
             plan.check_inputs(p.neurons, m_b, p.plan, m if in_dual else n_x)
         except (params_mod.ParameterError, ValueError) as e:

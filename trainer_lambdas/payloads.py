@@ -15,6 +15,8 @@ from urllib.parse import unquote_plus
 
 import numpy as np
 
+from trainer_lambdas.nn import optimizers
+
 # forward (applying first, if the request carries one, the block's update deferred from the
 # previous step); backward: the weight gradients of given dZ rows; output: forward, loss
 # gradient and backward of an output-layer block
@@ -63,6 +65,10 @@ class NeuronRequest:
     layer's input `a_prev`); in a forward request, of the previous step, whose update the
     block applies before its forward pass (with that step's input `grad_input` and the
     `learning_rate`): a hidden layer's backward invocation rides on its next forward one.
+    With L2 or an optimiser other than gd, that update also needs the `rule` (the
+    optimiser's hyperparameters: "optimizer", "lambda", "beta1", "beta2", "epsilon"), the
+    update's number `t` and the block's rows of the optimiser's state (`vw`, `vb`, `sw`,
+    `sb`: `nn.optimizers.Slots`).
     """
 
     run_id: str
@@ -80,6 +86,12 @@ class NeuronRequest:
     grad_input: np.ndarray | None = None  # forward with dz: the input of the step of dz
     learning_rate: float | None = None  # forward with dz
     p0: np.ndarray | None = None  # first layer, dual form: the block's rows of W1(0) X
+    rule: dict[str, Any] | None = None  # forward with dz: the update rule, if not plain gd
+    t: int | None = None  # forward with dz and a rule: the update's number, from 1
+    vw: np.ndarray | None = None  # forward with dz and a rule: the block's optimiser state
+    vb: np.ndarray | None = None
+    sw: np.ndarray | None = None
+    sb: np.ndarray | None = None
 
     def to_parts(self, memo: dict[tuple[int, int], bytes] | None = None) -> tuple[bytes, bytes]:
         """The request as JSON bytes in two parts: the arrays that all of a layer's requests
@@ -104,9 +116,11 @@ class NeuronRequest:
             "activation": self.activation,
             "indices": self.indices,
             "learning_rate": self.learning_rate,
+            "rule": self.rule,
+            "t": self.t,
         }
         own = [json.dumps(d).encode()[1:-1]]  # without the braces
-        own += [b", " + _field(k, getattr(self, k)) for k in ("w", "b", "dz", "p0")]
+        own += [b", " + _field(k, getattr(self, k)) for k in ("w", "b", "dz", "p0", *SLOTS)]
         own.append(b"}")
         return shared, b"".join(own)
 
@@ -138,6 +152,9 @@ class NeuronRequest:
                 grad_input=_opt(event, "grad_input"),
                 learning_rate=_opt_float(event, "learning_rate"),
                 p0=_opt(event, "p0"),
+                rule=_rule(event.get("rule")),
+                t=None if event.get("t") is None else _int(event["t"], "t"),
+                **{k: _opt(event, k) for k in SLOTS},
             )
         except KeyError as e:
             raise PayloadError(f"neuron request is missing {e}") from e
@@ -162,12 +179,45 @@ class NeuronRequest:
                     f"a deferred dz {req.dz.shape} and its grad_input {req.grad_input.shape} "
                     f"do not fit rows {req.lo}:{req.hi} of weights {req.w.shape}"
                 )
+        if req.rule is not None:
+            if req.dz is None or req.phase != "forward" or req.t is None or req.t < 1:
+                raise PayloadError("an update rule comes with a deferred dz and its t (>= 1)")
+            rows, width = req.hi - req.lo, req.w.shape[1]
+            for name in optimizers.slot_names(req.rule["optimizer"]):
+                a = getattr(req, name)
+                want = (rows, width) if name.endswith("w") else (rows, 1)
+                if a is None or a.shape != want:
+                    raise PayloadError(
+                        f"the {req.rule['optimizer']} update needs '{name}' of shape {want}, "
+                        f"got {None if a is None else a.shape}"
+                    )
         if req.p0 is not None and (req.phase != "forward" or req.layer != 1):
             raise PayloadError("only a first-layer forward request can be in the dual form (p0)")
         return req
 
 
 _SHARED = ("a_prev", "grad_input")
+SLOTS = ("vw", "vb", "sw", "sb")
+_RULE_KEYS = {"optimizer", "lambda", "beta1", "beta2", "epsilon"}
+
+
+def _int(v: Any, key: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise PayloadError(f"'{key}' must be an integer, got {v!r}")
+    return v
+
+
+def _rule(v: Any) -> dict[str, Any] | None:
+    """The update rule's hyperparameters, checked for shape (values: `params.parse`'s)."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) != _RULE_KEYS:
+        raise PayloadError(f"'rule' must have exactly {sorted(_RULE_KEYS)}, got {v!r}")
+    if v["optimizer"] not in optimizers.OPTIMIZERS:
+        raise PayloadError(f"unknown optimizer {v['optimizer']!r}")
+    for key in _RULE_KEYS - {"optimizer"}:
+        _opt_float(v, key)
+    return v
 
 
 def _field(key: str, v: np.ndarray | None) -> bytes:

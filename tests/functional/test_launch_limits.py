@@ -172,3 +172,30 @@ def test_the_template_tells_the_launch_function_the_other_functions_memory() -> 
     assert Config.memory_mb == launch_fn["MemorySize"]
     assert Config.trainer_memory_mb == int(env["TRAINER_MEMORY_MB"])
     assert Config.neuron_memory_mb == int(env["NEURON_MEMORY_MB"])
+
+
+# ------------------------------------------------------------ the optimiser's state per row
+
+
+def test_adams_state_beside_each_row_counts_against_the_item_limit(world: World) -> None:
+    """Adam stores v and s beside each weight row: three rows' worth in one item. 100x100x3
+    pictures (30,000 values a row) fit plain gd but not Adam in the primal form, which is
+    Adam's only form."""
+    body = datasets.to_bytes(datasets.synthesize(m_train=3, m_test=0, side=100, seed=2))
+    out = launch(world, {**SMALL, "first_layer": "primal", "optimizer": "adam"}, body)
+    assert_refused(
+        world,
+        out,
+        "layer 1's weight rows would hold 30000 values in the primal form",
+        "with the adam optimizer's state beside it (3 copies)",
+        f"at most {MAX_ROW_VALUES // 3} values",
+    )
+    assert first_layer_form("primal", 30000, 3) is False  # gd: it fits
+
+
+def test_the_dual_form_with_adam_is_refused_and_auto_picks_primal(world: World) -> None:
+    body = datasets.to_bytes(datasets.synthesize(m_train=6, m_test=0, side=8, seed=2))
+    out = launch(world, {**SMALL, "first_layer": "dual", "optimizer": "adam"}, body)
+    assert_refused(world, out, "first_layer 'dual' cannot train with the adam optimizer")
+    assert first_layer_form("auto", 192, 6, "adam") is False
+    assert first_layer_form("auto", 192, 6, "momentum") is True

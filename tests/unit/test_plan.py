@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from trainer_lambdas import fanout
-from trainer_lambdas.nn import network
+from trainer_lambdas.nn import network, optimizers
+from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
 from trainer_lambdas.plan import (
     Block,
@@ -95,17 +96,38 @@ def test_distributed_step_equals_the_network_step(k: int) -> None:
     # layer 2's update is pending: its rows are still the old ones until it is settled
     assert list(got.deferred) == [1]
     assert np.array_equal(got.weights[1][0], weights[1][0])
-    settled = fanout.settle(got.weights, got.deferred, p, inputs, direct)
-    assert_same_step(fanout.Step(got.cost, settled, {}), network.step(weights, acts, X, Y, 0.1))
+    settled, _ = fanout.settle(got.weights, got.deferred, p, inputs, direct)
+    assert_same_step(
+        fanout.Step(got.cost, settled, {}, got.state), network.step(weights, acts, X, Y, 0.1)
+    )
 
 
+RULES = {
+    "gd": {},
+    "momentum+l2": {"optimizer": "momentum", "lambda": 0.3},
+    "adam+l2": {"optimizer": "adam", "lambda": 0.3, "beta1": 0.8},
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
 @pytest.mark.parametrize("k", [1, 2])
-def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int) -> None:
+def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int, rule: str) -> None:
     """Steps that carry each hidden layer's update into its next forward invocation train
-    the same weights as updating at once, step after step, on changing batches."""
+    the same weights as updating at once, step after step, on changing batches; with L2
+    and an optimiser, the carried update takes the block's rows of the optimiser's state."""
     acts = ("relu", "tanh", "relu", "sigmoid")
     weights = [*three_layers()[:2], (rng.normal(size=(2, 3)), rng.normal(size=(2, 1)))]
     weights.append((rng.normal(size=(1, 2)), rng.normal(size=(1, 1))))
+    params = params_mod.parse(
+        {
+            "epochs": 1,
+            "layers": 4,
+            "activations": {f"layer{i + 1}": a for i, a in enumerate(acts)},
+            "neurons": {"layer1": 5, "layer2": 3, "layer3": 2, "layer4": 1},
+            "learning_rate": 0.1,
+            **RULES[rule],
+        }
+    )
     p = plan(6, (5, 3, 2, 1), k, 9)
     sent: list[NeuronRequest] = []
 
@@ -114,17 +136,28 @@ def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int) -> 
         return direct(reqs)
 
     want, got, deferred = weights, weights, None
+    want_slots = optimizers.initial_state(params, weights)
+    state = None
     batches = [None, [0, 2, 4, 6, 8], [1, 3, 5, 7], None]
-    for idx in batches:
+    for t, idx in enumerate(batches, start=1):
         cols = slice(None) if idx is None else idx
-        inputs = fanout.StepInputs("r", "k", acts, 0.1, Y[:, cols], idx)
-        ref = network.step(want, acts, X[:, cols], Y[:, cols], 0.1)
-        step = fanout.step(got, p, inputs, recording, deferred)
-        assert step.cost == pytest.approx(ref.cost, rel=1e-12)
-        want, got, deferred = ref.weights, step.weights, step.deferred
+        inputs = fanout.StepInputs(
+            "r", "k", acts, 0.1, Y[:, cols], idx, rule=None if rule == "gd" else params, t=t
+        )
+        cost, want, want_slots = network.train_step(
+            want, want_slots, params, X[:, cols], Y[:, cols], t
+        )
+        step = fanout.step(got, p, inputs, recording, deferred, state)
+        assert step.cost == pytest.approx(cost, rel=1e-12)
+        got, deferred, state = step.weights, step.deferred, step.state
     assert sorted(deferred or {}) == [1, 2]
-    settled = fanout.settle(got, deferred or {}, p, inputs, recording)
-    assert_same_step(fanout.Step(0.0, settled, {}), network.Step(0.0, want))
+    settled, state = fanout.settle(got, deferred or {}, p, inputs, recording, state)
+    assert_same_step(fanout.Step(0.0, settled, {}, state), network.Step(0.0, want))
+    for got_slots, want_layer in zip(state.slots, want_slots, strict=True):
+        for name in want_layer.names():
+            np.testing.assert_allclose(
+                getattr(got_slots, name), getattr(want_layer, name), rtol=1e-12, atol=1e-15
+            )
     # per step: every block forward, layer 1's backward; then one settling wave
     per_step = invocations_per_step(p)
     assert len(sent) == len(batches) * per_step + invocations_per_commit(p)
