@@ -63,10 +63,19 @@ def test_itsacat_train_json_equals_the_reference(stack: Stack, tmp_path) -> None
     assert "epoch 4/4" in out.stderr  # the live progress bar
 
 
-def test_aws_cli_upload_trains_minibatch_blocks_equal_to_the_reference(
+def test_aws_cli_upload_trains_minibatch_blocks_with_adam_equal_to_the_reference(
     stack: Stack, tmp_path
 ) -> None:
-    params = {**SMALL, "batch_size": 16, "fanout": 3, "commit_every": 2}
+    # Adam with L2: its state travels beside each weight row and in the deferred updates.
+    params = {
+        **SMALL,
+        "batch_size": 16,
+        "fanout": 3,
+        "commit_every": 2,
+        "optimizer": "adam",
+        "lambda": 0.5,
+        "learning_rate": 0.01,
+    }
     folder = stack.folder()
     (tmp_path / "parameters.json").write_text(json.dumps(params))
     datasets.save(DATA, tmp_path / "datasets.h5")
@@ -83,11 +92,12 @@ def test_aws_cli_upload_trains_minibatch_blocks_equal_to_the_reference(
     run = stack.wait(run_id)
     assert run.status == SUCCEEDED, run.error
     assert_equals_reference(stack, run_id, params)
-    # 3 batches x 4 epochs x 2 + 1 + 1 blocks forward (with 40 examples and 192 inputs the
-    # first layer is in the dual form, its backward pass the trainer's; the output block does
-    # its backward pass in its forward invocation, layer 2's block in its next one), and
-    # layer 2's block once more before each of the 6 commits (every 2 steps)
-    assert run.invocations == 3 * 4 * 4 + 6
+    # 3 batches x 4 epochs x (2 + 1 + 1 blocks forward and layer 1's 2 blocks backward:
+    # Adam keeps the first layer in the primal form; the output block does its backward pass
+    # in its forward invocation, layer 2's block in its next one), and layer 2's block once
+    # more before each of the 6 commits (every 2 steps)
+    assert run.first_layer == "primal"
+    assert run.invocations == 3 * 4 * (4 + 2) + 6
 
 
 def s3_event(bucket: str, key: str, version: str, size: int) -> dict:

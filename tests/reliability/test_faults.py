@@ -29,7 +29,14 @@ FAULTS = (
     "ambiguous=0.1,unprocessed=0.1,redeliver=0.1,hosts=mixed,seed=7"
 )
 INJECTED = ("duplicates", "crashes", "timeouts", "throttles")
-FAULT_PARAMS = {**PARAMS, "neurons": {"layer1": 12, "layer2": 3, "layer3": 1}}
+# Momentum with L2: the optimiser's state (and the dual form's scale) must survive every
+# fault, committed with the weights, exactly once.
+FAULT_PARAMS = {
+    **PARAMS,
+    "neurons": {"layer1": 12, "layer2": 3, "layer3": 1},
+    "optimizer": "momentum",
+    "lambda": 0.7,
+}
 
 
 @pytest.fixture(scope="module")
