@@ -22,8 +22,6 @@ from trainer_lambdas.payloads import TrainerEvent
 RULES = {
     "gd+l2": {"lambda": 0.7},
     "momentum": {"optimizer": "momentum", "beta1": 0.8},
-    "momentum+l2": {"optimizer": "momentum", "lambda": 0.7},
-    "adam": {"optimizer": "adam", "learning_rate": 0.01},
     "adam+l2": {"optimizer": "adam", "learning_rate": 0.01, "lambda": 0.7, "epsilon": 1e-7},
 }
 BATCHES = {"full": {}, "minibatch": {"batch_size": 16, "commit_every": 2}}

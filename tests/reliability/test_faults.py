@@ -21,6 +21,9 @@ from embedded.stack import StackInfo, info, stop
 from tests.reliability.conftest import itsacat
 from tests.reliability.support import DATA_BYTES, PARAMS, Client, assert_equals_reference
 
+# Minutes on a stack of its own: `make long` (CI runs it after `make test`).
+pytestmark = pytest.mark.long
+
 # Every kind of fault at once, on an account whose concurrency limit (10) is below the
 # first layer's fan-out (12), with AWS's clocks a twelfth as long (lease 5 s, retries after
 # 5 and 10 s, the watchdog every 5 s).
