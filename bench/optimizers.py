@@ -31,7 +31,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gd, L2 λ=0.1": {"lambda": 0.1},
     "gd, L2 λ=0.7": {"lambda": 0.7},
     "momentum β1=0.9": {"optimizer": "momentum"},
-    "adam, lr 0.0003": {"optimizer": "adam", "learning_rate": 0.0003},
+    "adam, lr 0.00001": {"optimizer": "adam", "learning_rate": 0.00001},
 }
 
 
