@@ -415,9 +415,11 @@ def _golden(world: Env) -> Golden:
     progress = {0: Progress(0, 0, "", 0, None, 0.0, 0)}
     write, commit = s.weights.write, s.runs.commit
 
-    def recording_write(run: str, version: int, w: Any, writer: str = "") -> int:
+    def recording_write(
+        run: str, version: int, w: Any, writer: str = "", extras: Any = None
+    ) -> int:
         weights[version] = [(a.copy(), b.copy()) for a, b in w]
-        return write(run, version, w, writer)
+        return write(run, version, w, writer, extras)
 
     def recording_commit(*args: Any, **kwargs: Any) -> RunRecord:
         p: Progress = kwargs["progress"]
