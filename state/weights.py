@@ -31,6 +31,8 @@ from state.errors import NotFound, StateError, translate
 Weights = list[tuple[np.ndarray, np.ndarray]]
 # Per layer: name -> an array with one row per neuron, stored with that neuron's row.
 Extras = list[dict[str, np.ndarray]]
+# An item's own attributes; every other attribute is an extra.
+_ITEM_FIELDS = ("pk", "sk", "w", "b")
 
 
 def _pk(run_id: str, layer: int) -> str:
@@ -74,7 +76,7 @@ class WeightStore(LazyClient):
         for layer, (w, b) in enumerate(weights, start=1):
             more = {} if extras is None else extras[layer - 1]
             for name, rows in more.items():
-                if name in ("pk", "sk", "w", "b") or rows.shape[0] != w.shape[0]:
+                if name in _ITEM_FIELDS or rows.shape[0] != w.shape[0]:
                     raise ValueError(f"layer {layer}: extra {name!r} {rows.shape} does not fit")
             for neuron in range(w.shape[0]):
                 item = {
@@ -165,9 +167,7 @@ class WeightStore(LazyClient):
                     for item in out["Items"]:
                         neuron = int(item["sk"]["S"].rsplit("#", 1)[1])
                         rows[neuron] = (item["w"]["B"], item["b"]["B"])
-                        more[neuron] = {
-                            k: v["B"] for k, v in item.items() if k not in ("pk", "sk", "w", "b")
-                        }
+                        more[neuron] = {k: v["B"] for k, v in item.items() if k not in _ITEM_FIELDS}
                     if "LastEvaluatedKey" not in out:
                         break
                     kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]

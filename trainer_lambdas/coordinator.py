@@ -121,10 +121,6 @@ class _State:
     costs: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-# The dual form's scalars, stored with each row of layer 1 (the same in every row).
-DUAL_EXTRAS = ("scale", "v_scale")
-
-
 def optimiser_extras(optim: fanout.OptimiserState, weights: Weights) -> list[dict[str, np.ndarray]]:
     """The optimiser's state as the weights table stores it beside each row: the slots'
     rows, and layer 1's scale and v_scale in the dual form (only once they left 1 and 0)."""

@@ -403,13 +403,10 @@ def compute(req: NeuronRequest, a_prev: np.ndarray, y: np.ndarray | None = None)
             m_b = grad_input.shape[1]
             g = neurons.weight_gradients(req.dz, grad_input, m_b)
             lr = _need_float(req.learning_rate, "learning_rate")
-            if req.rule is None:
-                w, b = neurons.update(w, b, g, lr)
-            else:  # as the trainer's `_update`: the same operations on the same rows
-                rule = _rule_params(req.rule, lr)
-                dw = optimizers.regularised(g.dw, w, rule.l2, m_b)
-                slots = Slots(vw=req.vw, vb=req.vb, sw=req.sw, sb=req.sb)
-                w, b, _ = optimizers.apply(w, b, dw, g.db, slots, req.t or 1, rule)
+            # The trainer's own `_update`: the same operations on the same rows.
+            rule = None if req.rule is None else _rule_params(req.rule, lr)
+            slots = Slots(vw=req.vw, vb=req.vb, sw=req.sw, sb=req.sb)
+            (w, b), _ = _update(w, b, g, slots, Made(m_b, req.t or 1, lr), rule)
         f = neurons.forward(w, b, a_prev, req.activation)
         if g is None:
             return NeuronResponse(a=f.a)
