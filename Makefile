@@ -1,12 +1,14 @@
-# One place for tooling. `make install` is idempotent: a stamp file records what was installed,
-# so a second run does nothing unless pyproject.toml or constraints.txt changed.
+# One place for tooling. `make install` installs what a developer needs: the project with its
+# `dev` extra, which pulls the `stack` (CLI, embedded stack, API) and `reports` extras, at the
+# versions of constraints.txt. It is idempotent: a stamp file records what was installed, so a
+# second run does nothing unless pyproject.toml or constraints.txt changed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test long accuracy check lint types cfn-lint demo bench bench-scaling slow clean layer deploy destroy
+.PHONY: install test test-unit long accuracy check lint types cfn-lint demo bench bench-scaling slow clean layer deploy destroy
 
 install: $(STAMP)
 
@@ -18,6 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install cfn-lint browser
 	$(BIN)/python -m pytest -m "not slow and not accuracy and not long" $(PYTEST_ARGS)
+
+# The unit tier only (tests/unit: no network, no moto, no servers, no subprocesses), for the
+# edit loop: well under 30 s.
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not slow and not accuracy and not long" tests/unit $(PYTEST_ARGS)
 
 # A whole run under every kind of fault at once, on a stack of its own with AWS's clocks at
 # 1/12 (about 2 minutes here): equal to the reference. CI runs it after `make test`.
@@ -48,7 +55,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 types: install
-	$(BIN)/mypy trainer_lambdas state itsacat embedded
+	$(BIN)/mypy trainer_lambdas state itsacat embedded chalice_app
 
 check: lint types cfn-lint test
 
@@ -57,7 +64,7 @@ cfn-lint: install
 	$(BIN)/cfn-lint templates/*.yaml tests/embedded/fixture_template.yaml
 
 # DATASET=path trains on that file, DATASET_URL=url downloads the cat data from there (when
-# it is neither in ../shared/data nor cached); DEMO_ARGS passes more options (e.g. --exit).
+# it is not cached under $ITSACAT_HOME); DEMO_ARGS passes more options (e.g. --exit).
 demo: install
 	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) \
 	  $(if $(DATASET_URL),--dataset-url $(DATASET_URL)) $(DEMO_ARGS)
@@ -75,7 +82,7 @@ notebook: install
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(BIN)/jupyter lab \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_ARGS) notebooks/itsacat.ipynb
 
-# Issue 9: every plan against the reference on a fresh embedded stack (a few minutes); the JSON
+# Every plan against the reference on a fresh embedded stack (a few minutes); the JSON
 # and the markdown table land in bench/results/. `make bench-scaling` is the slower sweep over
 # layer-1 width and examples, with the plot bench/results/scaling.png.
 BENCH_ARGS ?=
@@ -87,7 +94,7 @@ bench: install
 # embedded stack (about 10 minutes): bench/results/optimizers.md and .json.
 .PHONY: bench-optimizers
 bench-optimizers: install
-	$(BIN)/python bench/optimizers.py --out bench/results $(BENCH_ARGS)
+	$(BIN)/python -m itsacat.bench.optimizers --out bench/results $(BENCH_ARGS)
 
 bench-scaling: install
 	$(BIN)/itsacat bench --scaling --epochs 40 --out bench/results $(BENCH_ARGS)
@@ -98,7 +105,7 @@ clean:
 slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-# Issue 7: the Lambda layer for the Lambda platform (pip download of wheels, from PyPI).
+# The Lambda layer for the Lambda platform (pip download of wheels, from PyPI).
 # ARCH=arm64 for Graviton. `make deploy`/`make destroy` ask their questions; pass flags with
 # DEPLOY_ARGS="--region eu-west-1 --stack-name itsacat --yes" for non-interactive use.
 ARCH ?= x86_64
@@ -118,4 +125,4 @@ destroy: install
 # clients beside them; fails on any 5xx of an ordinary request. Writes bench/results/api-load.json.
 .PHONY: bench-api
 bench-api: install
-	$(BIN)/python bench/api_load.py --clients 50 --requests 2000 --hostile-clients 10 --out bench/results
+	$(BIN)/python -m itsacat.bench.api_load --clients 50 --requests 2000 --hostile-clients 10 --out bench/results

@@ -7,7 +7,7 @@ variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_LAMBDA`) and never know they ar
 Modules:
   emulator  the moto server process, with requests serialised
   deploy    package, translate and create the SAM template in the emulator
-  gaps      resources moto's CloudFormation skips, applied from the template by hand
+  cfn_backfill  resources moto's CloudFormation skips, applied from the template by hand
   functions what the runtime needs to know of each function, read back from the emulator
   workers   warm worker processes that run one handler each
   runtime   the Lambda Invoke API on loopback, worker pools, async retries, destinations

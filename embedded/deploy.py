@@ -5,9 +5,9 @@ emulator, zips each local `CodeUri`/`ContentUri` and uploads it to a deployment 
 emulator's S3, exactly as `itsacat deploy` does on AWS), translate (aws-sam-translator turns
 the SAM template into plain CloudFormation, as the Serverless transform does), and create the
 stack through the emulator's CloudFormation API. Resources and properties moto's
-CloudFormation skips are then applied by `embedded.gaps`, so that the local resources are the
-template's resources. Where each function's code package and layers landed in S3 is recorded,
-and the local runtime runs exactly those.
+CloudFormation skips are then applied by `embedded.cfn_backfill`, so that the local resources
+are the template's resources. Where each function's code package and layers landed in S3 is
+recorded, and the local runtime runs exactly those.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedded import gaps
+from embedded import cfn_backfill
 from itsacat.deploy.plan import package_argv
 
 ACCOUNT_ID = "123456789012"
@@ -216,7 +216,7 @@ def translate(
 
 
 def create_stack(
-    clients: gaps.Clients,
+    clients: cfn_backfill.Clients,
     stack_name: str,
     template_path: Path,
     parameters: dict[str, str] | None = None,
@@ -252,8 +252,8 @@ def create_stack(
         for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
         if "LogicalResourceId" in r  # moto lists the resources it skipped without one
     }
-    context = gaps.Context(stack_name, translated, parameters, resources)
-    not_emulated = gaps.apply(clients, context)
+    context = cfn_backfill.Context(stack_name, translated, parameters, resources)
+    not_emulated = cfn_backfill.apply(clients, context)
     code, layers = deployed_code(translated, resources)
     return DeployedStack(
         name=stack_name,
@@ -267,7 +267,7 @@ def create_stack(
     )
 
 
-def logging_configs(ctx: gaps.Context) -> dict[str, dict[str, str]]:
+def logging_configs(ctx: cfn_backfill.Context) -> dict[str, dict[str, str]]:
     """Each function's `LoggingConfig` from the translated template, resolved, by name."""
     out = {}
     for logical_id, resource in ctx.template.get("Resources", {}).items():

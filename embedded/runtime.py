@@ -113,9 +113,9 @@ class ExecutionRoles:
 
 def run_daemon(home: Path, port: int) -> None:
     """Load the stack from `home`; run runtime, relay, schedule and log sink until SIGTERM."""
+    from embedded.cfn_backfill import Clients
     from embedded.deploy import DeployedStack
     from embedded.functions import load_topology
-    from embedded.gaps import Clients
     from embedded.relay import Relay
     from embedded.schedule import Scheduler
 

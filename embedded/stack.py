@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from embedded import lambda_files, persistence
+from embedded.cfn_backfill import Clients
 from embedded.deploy import REGION, DeployedStack, DeployError, api_role_template, create_stack
-from embedded.gaps import Clients
 from embedded.invocations import RuntimeConfig
 from itsacat.deploy.package import PackageError, stage_template
 

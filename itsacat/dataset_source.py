@@ -1,10 +1,11 @@
-"""Which dataset the demo trains on, and where it came from.
+"""Which dataset a command trains on, and where it came from: a file given, else only
+$ITSACAT_HOME and a download are looked at (nothing beside the checkout).
 
-In this order: the file given (DATASET=, `--dataset`; a missing file is an error), the
-shared cat data beside the checkout (`../shared/data/datasets.h5`), the checked copy in
-the cache (`$ITSACAT_HOME/datasets/`), a download of the published file (checked against
-its SHA-256, then cached), and only when all of these fail a generated stand-in, with one
-line saying why.
+`choose` (the demo): the file given (DATASET=, `--dataset`; a missing file is an error),
+the checked copy in the cache (`$ITSACAT_HOME/datasets/`, what `itsacat dataset fetch`
+fills), a download of the published file (checked against its SHA-256, then cached), and
+only when all of these fail a generated stand-in, with one line saying why.
+`required` (the benchmarks): the file given, else the cache, else a one-line error.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from embedded.stack import default_home
 from itsacat import dataset_fetch
 from itsacat.errors import UserError
 from trainer_lambdas import datasets
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 STAND_IN = "a generated stand-in"
 
 
@@ -37,17 +37,10 @@ class Source(NamedTuple):
         return self.description.startswith(STAND_IN)
 
 
-def choose(
-    given: str | None,
-    home: Path,
-    url: str | None,
-    say: Callable[[str], None],
-    shared: Path | None = SHARED_DATA,
-) -> Source:
+def choose(given: str | None, home: Path, url: str | None, say: Callable[[str], None]) -> Source:
     """The dataset to train on (see the module's docstring), saying in one line which.
 
     `url`: where to download from (None: $ITSACAT_DATASET_URL, else the published file).
-    `shared`: the folder holding the shared `datasets.h5`; None skips it (a fresh clone).
     """
     if given:
         path = Path(given)
@@ -55,21 +48,12 @@ def choose(
             raise UserError(f"DATASET={given}: no such file")
         say(f"dataset: {path} (the file you gave)")
         return Source(path, "the file you gave")
-    if shared is not None and (shared / dataset_fetch.FILE_NAME).is_file():
-        path = shared / dataset_fetch.FILE_NAME
-        say(f"dataset: {path} (the shared cat data beside the checkout)")
-        return Source(path, f"the shared data in {shared}")
     found = dataset_fetch.cached(home)
     if found is not None:
         say(f"dataset: {found} (the cat data, cached by an earlier download)")
         return Source(found, "the cache")
     source = dataset_fetch.resolve_url(url)
-    where = (
-        "no shared cat data"
-        if shared is None
-        else f"{shared / dataset_fetch.FILE_NAME} is not here"
-    )
-    say(f"dataset: {where} and none is cached: downloading {source}")
+    say(f"dataset: none given and none cached in {home}: downloading {source}")
     try:
         path = dataset_fetch.fetch(source, dataset_fetch.cache_dir(home))
     except dataset_fetch.FetchError as e:
@@ -84,6 +68,40 @@ def choose(
         "Run `make demo DATASET=/path/to/datasets.h5` with the real data."
     )
     return Source(path, f"{STAND_IN} ({reason})")
+
+
+def required(given: str | None, home: Path | None = None) -> Path:
+    """The file given, else the cat data cached under `home` ($ITSACAT_HOME by default);
+    a one-line `UserError` saying what to do when there is neither."""
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise UserError(f"--dataset {given}: no such file")
+        return path
+    home = home or default_home()
+    found = dataset_fetch.cached(home)
+    if found is None:
+        raise UserError(
+            f"no dataset: none given and no cat data cached in {dataset_fetch.cache_dir(home)}; "
+            "run `itsacat dataset fetch` or pass --dataset PATH"
+        )
+    return found
+
+
+def cached_or_stand_in(home: Path | None = None) -> Path:
+    """The cat data cached under `home` ($ITSACAT_HOME by default), else the generated
+    stand-in with a warning; nothing is downloaded."""
+    home = home or default_home()
+    found = dataset_fetch.cached(home)
+    if found is not None:
+        return found
+    path = stand_in(home)
+    print(
+        f"WARNING: no cat data cached in {dataset_fetch.cache_dir(home)}, so {path} is used, "
+        "a GENERATED stand-in (coloured blobs, not cat photos): its accuracy says nothing "
+        "about real cats. Run `itsacat dataset fetch`, or give a dataset."
+    )
+    return path
 
 
 def stand_in(home: Path) -> Path:

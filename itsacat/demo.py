@@ -39,7 +39,7 @@ SECOND_RUN_FRACTION = 5
 class Options:
     dataset: str | None
     dataset_url: str | None  # where to download the cat data (None: the default)
-    shared_data: Path | None  # the shared data folder to look in (None: none)
+    images: Path | None  # pictures to ask the APIs about (None: a few of the test set)
     epochs: int | None
     plan: str
     fanout: int
@@ -54,25 +54,32 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def sample_pictures(
-    home: Path, synthetic: bool, path: Path, shared: Path | None
-) -> tuple[Path, list[str]]:
-    """A folder of pictures to ask the API about, and their file names: the original
-    project's sample photos when the shared data is here, else pictures of the test set."""
-    images = shared / "images" if shared is not None else None
-    if not synthetic and images is not None and images.is_dir():
-        return images, sorted(p.name for p in images.iterdir() if p.suffix in (".jpeg", ".jpg"))
+PICTURE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def sample_pictures(path: Path, folder: Path, count: int = 4) -> tuple[Path, list[str]]:
+    """The first `count` pictures of the dataset at `path`'s test set (else its training
+    set), as 256x256 PNG files in `folder`; the folder and their file names."""
     from PIL import Image
 
-    folder = home / "demo-pictures"
     folder.mkdir(parents=True, exist_ok=True)
     ds = datasets.load(path)
     split = ds.test or ds.require_train()
     names = []
-    for i in range(min(4, split.m)):
+    for i in range(min(count, split.m)):
         name = f"sample{i}_{ds.classes[int(split.y[i])]}.png"
         Image.fromarray(split.x[i]).resize((256, 256)).save(folder / name)
         names.append(name)
+    return folder, names
+
+
+def pictures_in(folder: Path) -> tuple[Path, list[str]]:
+    """The pictures in `folder` (a user's `--images`), by name; an error if there are none."""
+    if not folder.is_dir():
+        raise UserError(f"--images {folder}: no such folder")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES)
+    if not names:
+        raise UserError(f"--images {folder}: no {'/'.join(PICTURE_SUFFIXES)} pictures in it")
     return folder, names
 
 
@@ -158,11 +165,15 @@ def start_servers(
 def train_once(env: dict[str, str], path: Path, params: params_mod.Parameters) -> dict[str, Any]:
     """Upload, train with a progress bar, print the outcome; the run's summary."""
     run_id, _ = upload_dataset(env, path, params)
-    fans = "layer 1 fans out" if params.plan == "hybrid" else "every layer fans out"
+    fans = (
+        "layer 1 fans out"
+        if params.distribution == params_mod.FIRST_LAYER_REMOTE
+        else "every layer fans out"
+    )
     say(
         f"   run {run_id}: {params.epochs} epochs, layers {list(params.neurons)}; plan "
-        f"{params.plan}: {fans}, up to {params.fanout} neuron(s) per Lambda invocation, "
-        f"commit every {params.commit_every} step(s)"
+        f"{params.distribution}: {fans}, up to {params.neurons_per_invocation} neuron(s) per "
+        f"Lambda invocation, commit every {params.commit_every} step(s)"
     )
     runs = Runs(env)
     final = runs.wait(run_id, show=True)
@@ -226,15 +237,16 @@ def _run(opts: Options) -> int:
     say(f"   bucket {env['ITSACAT_BUCKET']}, functions {env['TRAINER_FUNCTION']}, ...")
 
     source = dataset_source.choose(
-        opts.dataset, home, opts.dataset_url, lambda line: say(f"   {line}"), opts.shared_data
+        opts.dataset, home, opts.dataset_url, lambda line: say(f"   {line}")
     )
     path = source.path
-    params = load_params(None, epochs=opts.epochs)
-    d = params.to_json()
-    d.update(plan=opts.plan, fanout=opts.fanout)
-    if opts.commit_every is not None:
-        d["commit_every"] = opts.commit_every
-    params = params_mod.parse(d)
+    params = load_params(
+        None,
+        epochs=opts.epochs,
+        plan=opts.plan,
+        fanout=opts.fanout,
+        commit_every=opts.commit_every,
+    )
     models = ModelStore(env["ITSACAT_BUCKET"])
 
     say(f"\n== 2. Upload {path} to s3://{env['ITSACAT_BUCKET']}/training_input/ (starts a run)")
@@ -259,7 +271,7 @@ def _run(opts: Options) -> int:
 
     short = max(1, params.epochs // SECOND_RUN_FRACTION)
     say(f"\n== 4. A second, shorter run ({short} epochs): a candidate for production")
-    second = train_once(env, path, params_mod.parse({**d, "epochs": short}))
+    second = train_once(env, path, params_mod.with_overrides(params, epochs=short))
     now = stages(models)
     say(
         f"   its model is in staging ({now[STAGING]}); production is still {now[PRODUCTION]}, "
@@ -267,7 +279,11 @@ def _run(opts: Options) -> int:
     )
 
     say("\n== 5. The prediction APIs: production (blue) and staging (green), asked alike")
-    pictures, names = sample_pictures(home, source.synthetic, path, opts.shared_data)
+    pictures, names = (
+        pictures_in(opts.images)
+        if opts.images is not None
+        else sample_pictures(path, home / "demo-pictures")
+    )
     apis, pics = start_servers(env, pictures, {PRODUCTION: opts.port, STAGING: opts.staging_port})
     for stage, api in apis.items():
         say(f"   {stage:<10} API {api}/")

@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from itsacat.errors import UserError
 from trainer_lambdas import datasets
@@ -9,8 +10,10 @@ from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.nn.params import ParameterError, Parameters
 
 
-def load_params(path: str | None, epochs: int | None = None) -> Parameters:
-    """The parameters file at `path` (or the shipped default), with an optional epoch override."""
+def load_params(path: str | None, **overrides: Any) -> Parameters:
+    """The parameters file at `path` (or the shipped default), with `overrides`: keys of
+    parameters.json (`epochs=`, `fanout=`, `plan=`, ...), None meaning not given
+    (`params.with_overrides`). A bad file or value is a `UserError` of one line."""
     try:
         if path is None:
             p = params_mod.default()
@@ -20,10 +23,7 @@ def load_params(path: str | None, epochs: int | None = None) -> Parameters:
             except OSError as e:
                 raise UserError(f"cannot read parameters file {path}: {e.strerror}") from e
             p = params_mod.loads(text)
-        if epochs is not None:
-            d = p.to_json()
-            d["epochs"] = epochs
-            p = params_mod.parse(d)
+        p = params_mod.with_overrides(p, **overrides)
     except ParameterError as e:
         raise UserError(str(e)) from e
     for w in p.warnings:

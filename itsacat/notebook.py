@@ -36,16 +36,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from embedded import stack as embedded_stack
-from itsacat import background, dataset_fetch, dataset_source, report
-from itsacat.demo import PICTURES_HOST, free_port
+from itsacat import background, dataset_source, report
+from itsacat.demo import PICTURES_HOST, free_port, pictures_in, sample_pictures
 from itsacat.deploy.package import ApiLimits
 from itsacat.errors import UserError
 from itsacat.inputs import load_params
 from itsacat.runview import Runs
 from state.runs import ACTIVE, SUCCEEDED, RunRecord
 from trainer_lambdas import datasets
-from trainer_lambdas.nn import params as params_mod
-from trainer_lambdas.nn.params import MAX_NEURONS, Parameters
+from trainer_lambdas.nn.params import (
+    FIRST_LAYER_REMOTE,
+    MAX_NEURONS,
+    Parameters,
+    with_overrides,
+)
 
 # The background processes this notebook starts (`itsacat down` stops them too).
 API = "notebook-api"
@@ -55,30 +59,16 @@ SERVERS = (API, PICTURES)
 # `itsacat.deploy.package.API_LIMITS`): step 4 measures the server, not the throttle.
 UNTHROTTLED = ApiLimits(concurrency=0, rate=0.0, burst=0)
 STAGING = "staging"
-SHARED_DATA = dataset_source.SHARED_DATA  # ../shared/data beside the checkout
 
 
 # -- 1. the data ---------------------------------------------------------------------------
 
 
 def default_dataset(home: Path | None = None) -> Path:
-    """The cat data beside the checkout (../shared/data/datasets.h5), else the checked
-    cache of `itsacat dataset fetch` ($ITSACAT_HOME/datasets/datasets.h5), else the demo's
-    generated stand-in (coloured blobs, not cats). Nothing is downloaded."""
-    home = home or embedded_stack.default_home()
-    shared = SHARED_DATA / dataset_fetch.FILE_NAME
-    if shared.is_file():
-        return shared
-    cached = dataset_fetch.cached(home)
-    if cached is not None:
-        return cached
-    path = dataset_source.stand_in(home)
-    print(
-        f"WARNING: no cat data found, so this notebook uses {path}, a GENERATED stand-in "
-        "(coloured blobs, not cat photos): its accuracy says nothing about real cats. Set "
-        "DATASET, or run `itsacat dataset fetch`."
-    )
-    return path
+    """The checked cache of `itsacat dataset fetch` ($ITSACAT_HOME/datasets/datasets.h5),
+    else the demo's generated stand-in (coloured blobs, not cats), with a warning. Nothing
+    is downloaded; set DATASET for another file."""
+    return dataset_source.cached_or_stand_in(home)
 
 
 def describe(ds: datasets.Dataset) -> None:
@@ -121,9 +111,11 @@ def picture_grid(ds: datasets.Dataset, count: int = 12, columns: int = 6) -> Fig
 def parameters(epochs: int | None, plan: str, fanout: int | None = None) -> Parameters:
     """The shipped parameters, with `epochs` (None: theirs) and the plan; `fanout` (neurons
     per invocation) defaults as in `itsacat demo`: 1 with fanout, all of layer 1 with hybrid."""
-    d = load_params(None, epochs=epochs).to_json()
-    d.update(plan=plan, fanout=fanout or (MAX_NEURONS if plan == "hybrid" else 1))
-    return params_mod.parse(d)
+    return with_overrides(
+        load_params(None, epochs=epochs),
+        plan=plan,
+        fanout=fanout or (MAX_NEURONS if plan == FIRST_LAYER_REMOTE else 1),
+    )
 
 
 # -- 2. training, live ---------------------------------------------------------------------
@@ -240,25 +232,13 @@ class Servers:
         return min(self.names, key=lambda n: (self.folder / n).stat().st_size)
 
 
-def pictures(dataset: Path, count: int = 4) -> tuple[Path, list[str]]:
-    """The sample pictures: the original project's photos (../shared/data/images) if
-    present, else `count` pictures of the dataset's test set (as `itsacat demo` makes
-    them), as PNG files under $ITSACAT_HOME; their folder and file names."""
-    images = SHARED_DATA / "images"
-    if images.is_dir():
-        return images, sorted(p.name for p in images.iterdir() if p.suffix in (".jpeg", ".jpg"))
-    from PIL import Image
-
-    folder = embedded_stack.default_home() / "notebook-pictures"
-    folder.mkdir(parents=True, exist_ok=True)
-    ds = datasets.load(dataset)
-    split = ds.test or ds.require_train()
-    names = []
-    for i in range(min(count, split.m)):
-        name = f"sample{i}_{ds.classes[int(split.y[i])]}.png"
-        Image.fromarray(split.x[i]).resize((256, 256)).save(folder / name)
-        names.append(name)
-    return folder, names
+def pictures(dataset: Path, count: int = 4, images: Path | None = None) -> tuple[Path, list[str]]:
+    """The pictures to ask the API about: those in `images` if given, else `count`
+    pictures of the dataset's test set (as `itsacat demo` makes them), as PNG files under
+    $ITSACAT_HOME; their folder and file names."""
+    if images is not None:
+        return pictures_in(images)
+    return sample_pictures(dataset, embedded_stack.default_home() / "notebook-pictures", count)
 
 
 def start_servers(

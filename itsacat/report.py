@@ -24,10 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from itsacat.errors import UserError
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ModuleNotFoundError as e:  # the `reports` extra is not installed
+    raise UserError("reports need matplotlib, not installed: pip install 'itsacat[reports]'") from e
+
 from itsacat.runview import summarize
 from state.costs import CostStore
 from state.errors import NotFound, StateError

@@ -113,19 +113,26 @@ class Runs:
             for r in runs
         ]
 
-    def find_by_key(self, key: str, timeout_s: float) -> str:
-        """The run started by the upload at `key` (waits for the launch to record it)."""
+    def wait_for_launch(self, run_id: str, key: str, timeout_s: float, poll_s: float = 0.3) -> None:
+        """Wait until the launch function has recorded `run_id`, the run of the upload at
+        `key` (the record is read by its id: nothing is scanned)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for r in self.runs.all():
-                if (r.dataset or {}).get("key") == key:
-                    return str(r.run_id)
-            time.sleep(0.3)
+        while True:
+            try:
+                self.runs.get(run_id)
+                return
+            except NotFound:
+                pass
+            except StateError as e:
+                raise UserError(str(e)) from e
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll_s)
         raise UserError(
-            f"no run appeared for s3 key {key} within {timeout_s:.0f} s: is the stack's "
-            "launch function running? (`itsacat status`, `itsacat logs launch`). A launch "
-            "that failed is tried again after the training-input queue's visibility timeout "
-            "(6 minutes on AWS); `itsacat runs` lists the run once it starts"
+            f"run {run_id} of s3 key {key} was not recorded within {timeout_s:.0f} s: is the "
+            "stack's launch function running? (`itsacat status`, `itsacat logs launch`). A "
+            "launch that failed is tried again after the training-input queue's visibility "
+            "timeout (6 minutes on AWS); `itsacat runs` lists the run once it starts"
         )
 
     def wait(

@@ -53,6 +53,21 @@ class LazyClient:
             self._client = client(self.service)
         return self._client
 
+    def _all_items(self, operation: str, what: str, **request: Any) -> list[dict]:
+        """Every item a DynamoDB `operation` ("query" or "scan") with `request` returns,
+        page after page; `StateError` naming `what` if a request fails."""
+        items: list[dict] = []
+        try:
+            call = getattr(self.client, operation)
+            while True:
+                out = call(**request)
+                items += out["Items"]
+                if "LastEvaluatedKey" not in out:
+                    return items
+                request = {**request, "ExclusiveStartKey": out["LastEvaluatedKey"]}
+        except (ClientError, BotoCoreError) as e:
+            raise translate(e, what) from e
+
 
 BATCH_WRITE_LIMIT = 25  # BatchWriteItem's limit
 BATCH_WRITE_ROUNDS = 8  # calls per 25 requests before giving up on what stays unprocessed

@@ -11,10 +11,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from state.clients import LazyClient, batch_write
-from state.errors import translate
 from state.runs import RunRecord
 
 
@@ -55,23 +52,13 @@ class CostStore(LazyClient):
         """The run's costs in epoch order, exactly as the trainer computed them; with `upto`
         (the run's committed `epochs_done`), only epochs below it: a trainer whose commit
         was refused (cancelled, taken over) may have written rows beyond it."""
-        costs: list[tuple[int, float]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "run_id = :r",
-            "ExpressionAttributeValues": {":r": {"S": run_id}},
-            "ConsistentRead": True,
-        }
-        try:
-            while True:
-                out = self.client.query(**kwargs)
-                costs += [
-                    (int(i["epoch"]["N"]), float.fromhex(i["cost_hex"]["S"])) for i in out["Items"]
-                ]
-                if "LastEvaluatedKey" not in out:
-                    break
-                kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, f"read costs of run {run_id}") from e
-        costs.sort()
+        items = self._all_items(
+            "query",
+            f"read costs of run {run_id}",
+            TableName=self.table,
+            KeyConditionExpression="run_id = :r",
+            ExpressionAttributeValues={":r": {"S": run_id}},
+            ConsistentRead=True,
+        )
+        costs = sorted((int(i["epoch"]["N"]), float.fromhex(i["cost_hex"]["S"])) for i in items)
         return [c for epoch, c in costs if upto is None or epoch < upto]

@@ -19,8 +19,18 @@ class Throttled(StateError):
     """The service asked us to slow down."""
 
 
-_CONFLICT = {"ConditionalCheckFailedException", "TransactionCanceledException"}
-_NOT_FOUND = {"ResourceNotFoundException", "NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_CONFLICT = {
+    "ConditionalCheckFailedException",
+    "TransactionCanceledException",
+    # S3's conditional PUT refused: the ETag moved (412), or a concurrent conditional write
+    "PreconditionFailed",
+    "412",
+    "ConditionalRequestConflict",
+    "409",
+}
+# The object (not its bucket) is missing; HEAD answers with the bare status code.
+MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
+_NOT_FOUND = {"ResourceNotFoundException", "NoSuchBucket", *MISSING_OBJECT}
 _THROTTLED = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",

@@ -19,8 +19,11 @@ written whole, so a reader never sees half of it. A model's own objects are writ
 any pointer names them. Readers check a pointer's ETag (`pointer_etag`, one HEAD request)
 to learn cheaply whether the stage changed.
 
-The prediction API ships this module (with `state/errors.py`; `state/clients.py` only when
-no client is injected), so it imports nothing else from the project.
+The prediction API ships this module with `state/clients.py`, `state/errors.py` and
+`trainer_lambdas/nn` (`itsacat.deploy.package.API_VENDOR`), so it imports nothing else from
+the project. S3's errors are translated as every adapter's are (`errors.translate`), then
+told apart as this store's: a missing object is `ModelNotFound`, a refused condition
+`PromotionConflict`, any other failure `ModelStoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ import h5py
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from state.errors import NotFound, StateError
-
-Weights = list[tuple[np.ndarray, np.ndarray]]
+from state.clients import LazyClient
+from state.errors import MISSING_OBJECT, Conflict, NotFound, StateError, code_of, translate
+from trainer_lambdas.nn.network import Weights
 
 MODELS_PREFIX = "models/"
 PRODUCTION = "production"
@@ -56,10 +59,6 @@ DEFAULT_CLASSES = ("non-cat", "cat")
 MAX_JSON_BYTES = 1024 * 1024
 MAX_PARAMS_BYTES = 256 * 1024 * 1024
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
-# A conditional PUT refused: the ETag moved (412), or a concurrent conditional write (409).
-_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _RESULT_FIELDS = (
     "run_id",
     "final_cost",
@@ -227,22 +226,16 @@ def _activations(metadata: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(acts)
 
 
-class ModelStore:
+class ModelStore(LazyClient):
     """Publish and read trained models in one bucket (see the module docstring)."""
+
+    service = "s3"
 
     def __init__(self, bucket: str, s3_client: Any = None) -> None:
         if not bucket:
             raise ValueError("ModelStore needs a bucket name")
+        super().__init__(s3_client)
         self.bucket = bucket
-        self._client = s3_client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from state.clients import client
-
-            self._client = client("s3")
-        return self._client
 
     def uri(self, run_id: str) -> str:
         return f"s3://{self.bucket}/{MODELS_PREFIX}{run_id}/"
@@ -391,9 +384,14 @@ class ModelStore:
                 ContentType="application/json",
                 **condition,
             )
-        except ClientError as e:
-            if _code(e) not in _CONDITION_FAILED and not (expected and _code(e) in _NOT_FOUND):
-                raise _translate(e, key) from e
+        except (ClientError, BotoCoreError) as e:
+            error = self._error(e, key)
+            # refused by its condition, or (If-Match) the pointer was deleted meanwhile
+            refused = isinstance(error, PromotionConflict) or (
+                expected is not None and isinstance(error, ModelNotFound)
+            )
+            if not refused:
+                raise error from e
             now = self.pointer(stage)
             if now is not None and now.token == token:
                 return
@@ -402,8 +400,6 @@ class ModelStore:
                 f"{stage} changed while this write was made (it held {held}, now "
                 f"{now.run_id if now else 'nothing'}): nothing was changed; check and retry"
             ) from e
-        except BotoCoreError as e:
-            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
 
     def _write_legacy(self, run_id: str, doc: Mapping[str, Any]) -> None:
         """The original project's locations of the production model, after its pointer."""
@@ -419,12 +415,11 @@ class ModelStore:
         key = POINTER_KEYS[stage]
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if _code(e) in _NOT_FOUND:
+        except (ClientError, BotoCoreError) as e:
+            error = self._error(e, key)
+            if isinstance(error, ModelNotFound):
                 return None
-            raise _translate(e, key) from e
-        except BotoCoreError as e:
-            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+            raise error from e
         return str(head["ETag"])
 
     def pointer(self, stage: str) -> Pointer | None:
@@ -499,10 +494,8 @@ class ModelStore:
                     parts = obj["Key"][len(MODELS_PREFIX) :].split("/")
                     if len(parts) == 2 and parts[1] == "model.json":
                         runs.append(parts[0])
-        except ClientError as e:
-            raise _translate(e, MODELS_PREFIX) from e
-        except BotoCoreError as e:
-            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, MODELS_PREFIX) from e
         return runs
 
     def _doc(self, run_id: str) -> dict[str, Any]:
@@ -552,10 +545,8 @@ class ModelStore:
     def _put(self, key: str, body: bytes, content_type: str) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
-        except ClientError as e:
-            raise _translate(e, key) from e
-        except BotoCoreError as e:
-            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
 
     def _get(self, key: str, limit: int) -> tuple[bytes, str]:
         try:
@@ -563,25 +554,19 @@ class ModelStore:
             if int(obj.get("ContentLength") or 0) > limit:
                 raise ModelCorrupt(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
             return obj["Body"].read(), str(obj.get("ETag", ""))
-        except ClientError as e:
-            raise _translate(e, key) from e
-        except BotoCoreError as e:
-            raise ModelStoreUnavailable(f"S3 request failed: {e}") from e
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
 
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _translate(e: ClientError, key: str) -> ModelStoreError:
-    code = _code(e)
-    if code in _NOT_FOUND:
-        return ModelNotFound(f"no object {key}")
-    if code == "NoSuchBucket":
-        return ModelStoreUnavailable(f"the bucket does not exist ({code})")
-    if code in _DENIED:
-        return ModelStoreUnavailable(f"access to {key} denied ({code})")
-    return ModelStoreUnavailable(f"S3 error on {key}: {code or e}")
+    def _error(self, e: Exception, key: str) -> ModelStoreError:
+        """A botocore error on `key` (`errors.translate`) as this store's error: a missing
+        object `ModelNotFound`, a refused condition `PromotionConflict`, anything else (a
+        missing bucket, access denied, throttling, no connection) `ModelStoreUnavailable`."""
+        error = translate(e, f"s3://{self.bucket}/{key}")
+        if isinstance(e, ClientError) and code_of(e) in MISSING_OBJECT:  # not the bucket
+            return ModelNotFound(str(error))
+        if isinstance(error, Conflict):
+            return PromotionConflict(str(error))
+        return ModelStoreUnavailable(str(error))
 
 
 def _now() -> str:

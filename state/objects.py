@@ -99,11 +99,18 @@ class ObjectStore(LazyClient):
             raise translate(e, f"list the versions of s3://{self.bucket}/{key}") from e
         return out
 
-    def put(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self, key: str, body: bytes, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        """Write an object; the version S3 gave it (None in a bucket without versioning)."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+            out = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+            )
         except (ClientError, BotoCoreError) as e:
             raise translate(e, f"write s3://{self.bucket}/{key}") from e
+        version = out.get("VersionId")
+        return str(version) if version and version != "null" else None
 
     def put_arrays(self, key: str, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()

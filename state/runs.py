@@ -42,27 +42,37 @@ COUNTERS = (
     "unprocessed",  # BatchWriteItem items DynamoDB left unprocessed, sent again
 )
 
-_ser = TypeSerializer()
-_de = TypeDeserializer()
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
 
 
-def _plain(v: Any) -> Any:
+def _to_dynamo(v: Any) -> dict[str, Any]:
+    """A Python value as a DynamoDB attribute value (floats, nested too, as Decimal)."""
+    return _SERIALIZER.serialize(_as_decimals(v))
+
+
+def _from_dynamo(attribute: dict[str, Any]) -> Any:
+    """A DynamoDB attribute value as a Python value (its Decimals as int or float)."""
+    return _as_numbers(_DESERIALIZER.deserialize(attribute))
+
+
+def _as_numbers(v: Any) -> Any:
     if isinstance(v, Decimal):
         return int(v) if v == v.to_integral_value() else float(v)
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: _as_numbers(x) for k, x in v.items()}
     if isinstance(v, list | set):
-        return [_plain(x) for x in v]
+        return [_as_numbers(x) for x in v]
     return v
 
 
-def _dyn(v: Any) -> Any:
+def _as_decimals(v: Any) -> Any:
     if isinstance(v, float):
         return Decimal(repr(v))
     if isinstance(v, dict):
-        return {k: _dyn(x) for k, x in v.items()}
+        return {k: _as_decimals(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_dyn(x) for x in v]
+        return [_as_decimals(x) for x in v]
     return v
 
 
@@ -182,7 +192,7 @@ class RunRecord:
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "RunRecord":
         """From a DynamoDB item (attribute values in DynamoDB's JSON)."""
-        plain = {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+        plain = {k: _from_dynamo(v) for k, v in item.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in plain.items() if k in known}
         if isinstance(values.get("partial_sum"), str):  # stored exactly, as float.hex()
@@ -191,7 +201,7 @@ class RunRecord:
 
     def to_item(self) -> dict[str, Any]:
         """As a DynamoDB item (fields that are None are left out)."""
-        return {k: _ser.serialize(_dyn(v)) for k, v in _attributes(self).items()}
+        return {k: _to_dynamo(v) for k, v in _attributes(self).items()}
 
 
 def _attributes(obj: Any) -> dict[str, Any]:
@@ -227,39 +237,24 @@ class RunStore(LazyClient):
 
     def all(self) -> list[RunRecord]:
         """All runs, newest first (a scan: for people, not for the training path)."""
-        runs, kwargs = [], {"TableName": self.table}
-        try:
-            while True:
-                out = self.client.scan(**kwargs)
-                runs += [RunRecord.from_item(i) for i in out["Items"]]
-                if "LastEvaluatedKey" not in out:
-                    break
-                kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, "list runs") from e
+        items = self._all_items("scan", "list runs", TableName=self.table)
+        runs = [RunRecord.from_item(i) for i in items]
         return sorted(runs, key=lambda r: r.created, reverse=True)
 
     def active(self) -> list[RunRecord]:
         """Runs in PREPARING or TRAINING, through the `by-status` index."""
-        runs = []
-        try:
-            for status in ACTIVE:
-                kwargs: dict[str, Any] = {
-                    "TableName": self.table,
-                    "IndexName": "by-status",
-                    "KeyConditionExpression": "#s = :s",
-                    "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": {":s": {"S": status}},
-                }
-                while True:
-                    out = self.client.query(**kwargs)
-                    runs += [RunRecord.from_item(i) for i in out["Items"]]
-                    if "LastEvaluatedKey" not in out:
-                        break
-                    kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, "list active runs") from e
-        return runs
+        items = []
+        for status in ACTIVE:
+            items += self._all_items(
+                "query",
+                "list active runs",
+                TableName=self.table,
+                IndexName="by-status",
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":s": {"S": status}},
+            )
+        return [RunRecord.from_item(i) for i in items]
 
     # -- transitions ---------------------------------------------------------------------
 
@@ -348,14 +343,7 @@ class RunStore(LazyClient):
             set_=set_,
             add={k: v for k, v in counters.items() if v} or None,
             remove=remove,
-            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
-            values={
-                "#st": "status",
-                "#cur": "cursor",
-                ":training": TRAINING,
-                ":me": owner,
-                ":cur": expected_cursor,
-            },
+            **_ours_at(owner, expected_cursor),
         )
 
     def finish(self, run_id: str, owner: str, cursor: int, outcome: Outcome) -> RunRecord:
@@ -371,14 +359,7 @@ class RunStore(LazyClient):
                 "updated": _iso(now),
             },
             remove=("lease_owner", "notified"),
-            condition="#st = :training AND lease_owner = :me AND #cur = :cur",
-            values={
-                "#st": "status",
-                "#cur": "cursor",
-                ":training": TRAINING,
-                ":me": owner,
-                ":cur": cursor,
-            },
+            **_ours_at(owner, cursor),
         )
 
     def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> None:
@@ -497,7 +478,7 @@ class RunStore(LazyClient):
             sets = []
             for i, (k, v) in enumerate(set_.items()):
                 names[f"#s{i}"] = k
-                vals[f":s{i}"] = _ser.serialize(_dyn(v))
+                vals[f":s{i}"] = _to_dynamo(v)
                 sets.append(f"#s{i} = :s{i}")
             parts.append("SET " + ", ".join(sets))
         if add:
@@ -524,7 +505,7 @@ class RunStore(LazyClient):
                 if k.startswith("#"):
                     names[k] = v
                 else:
-                    vals[k] = _ser.serialize(_dyn(v))
+                    vals[k] = _to_dynamo(v)
         if vals:
             kwargs["ExpressionAttributeValues"] = vals
         try:
@@ -560,13 +541,26 @@ class RunStore(LazyClient):
         if item is None:
             return None
         for name, value in set_.items():
-            if name not in item or _plain(_de.deserialize(item[name])) != _plain(
-                _de.deserialize(_ser.serialize(_dyn(value)))
-            ):
+            if name not in item or _from_dynamo(item[name]) != _from_dynamo(_to_dynamo(value)):
                 return None
         if any(name in item for name in remove):
             return None
         return RunRecord.from_item(item)
+
+
+def _ours_at(owner: str, cursor: int) -> dict[str, Any]:
+    """The condition (`_update`'s `condition` and `values`) of a write by the lease holder
+    that moves the run on from `cursor`: TRAINING, under `owner`'s lease, at `cursor`."""
+    return {
+        "condition": "#st = :training AND lease_owner = :me AND #cur = :cur",
+        "values": {
+            "#st": "status",
+            "#cur": "cursor",
+            ":training": TRAINING,
+            ":me": owner,
+            ":cur": cursor,
+        },
+    }
 
 
 def _retried(e: Exception) -> bool:

@@ -23,12 +23,11 @@ a crashed writer leaves behind goes when its run succeeds.
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 
 from state.clients import LazyClient, batch_write
-from state.errors import NotFound, StateError, translate
+from state.errors import NotFound, StateError
+from trainer_lambdas.nn.network import Weights
 
-Weights = list[tuple[np.ndarray, np.ndarray]]
 # Per layer: name -> an array with one row per neuron, stored with that neuron's row.
 Extras = list[dict[str, np.ndarray]]
 # An item's own attributes; every other attribute is an extra.
@@ -109,21 +108,14 @@ class WeightStore(LazyClient):
         """Delete every version of a run (it succeeded); returns the number of rows deleted."""
         keys = []
         for layer in range(1, layers + 1):
-            kwargs: dict[str, Any] = {
-                "TableName": self.table,
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": _pk(run_id, layer)}},
-                "ProjectionExpression": "pk, sk",
-            }
-            try:
-                while True:
-                    out = self.client.query(**kwargs)
-                    keys += out["Items"]
-                    if "LastEvaluatedKey" not in out:
-                        break
-                    kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-            except (ClientError, BotoCoreError) as e:
-                raise translate(e, f"list the weights of run {run_id}") from e
+            keys += self._all_items(
+                "query",
+                f"list the weights of run {run_id}",
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": _pk(run_id, layer)}},
+                ProjectionExpression="pk, sk",
+            )
         self._batch([{"DeleteRequest": {"Key": k}} for k in keys], f"delete run {run_id}'s weights")
         return len(keys)
 
@@ -152,27 +144,21 @@ class WeightStore(LazyClient):
         for layer, size in enumerate(sizes, start=1):
             rows: dict[int, tuple[bytes, bytes]] = {}
             more: dict[int, dict[str, bytes]] = {}
-            kwargs: dict[str, Any] = {
-                "TableName": self.table,
-                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :v)",
-                "ExpressionAttributeValues": {
+            items = self._all_items(
+                "query",
+                f"read weights v{version} layer {layer}",
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
+                ExpressionAttributeValues={
                     ":pk": {"S": _pk(run_id, layer)},
                     ":v": {"S": _prefix(version, writer)},
                 },
-                "ConsistentRead": True,
-            }
-            try:
-                while True:
-                    out = self.client.query(**kwargs)
-                    for item in out["Items"]:
-                        neuron = int(item["sk"]["S"].rsplit("#", 1)[1])
-                        rows[neuron] = (item["w"]["B"], item["b"]["B"])
-                        more[neuron] = {k: v["B"] for k, v in item.items() if k not in _ITEM_FIELDS}
-                    if "LastEvaluatedKey" not in out:
-                        break
-                    kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-            except (ClientError, BotoCoreError) as e:
-                raise translate(e, f"read weights v{version} layer {layer}") from e
+                ConsistentRead=True,
+            )
+            for item in items:
+                neuron = int(item["sk"]["S"].rsplit("#", 1)[1])
+                rows[neuron] = (item["w"]["B"], item["b"]["B"])
+                more[neuron] = {k: v["B"] for k, v in item.items() if k not in _ITEM_FIELDS}
             if sorted(rows) != list(range(size)):
                 raise NotFound(
                     f"weights of run {run_id} v{version} layer {layer}: "

@@ -1,4 +1,6 @@
-"""Fixtures shared by every test directory.
+"""Fixtures shared by every test directory. Each tier's conftest.py says what its tests may
+use (tests/unit: nothing but the code; tests/functional: moto in process; the others: the
+real local stack and servers) and holds them to it.
 
 `embedded_stack` (session): one real embedded stack (emulator + local Lambda runtime) on free
 ports in a temporary ITSACAT_HOME, with the project's template and the test-only functions of
@@ -20,7 +22,7 @@ if str(ROOT) not in sys.path:  # `tests.support` and the project's packages impo
     sys.path.insert(0, str(ROOT))
 
 from embedded.stack import StackInfo  # noqa: E402
-from embedded.testing import running_stack  # noqa: E402
+from tests.support.stack import running_stack  # noqa: E402
 
 FIXTURE_TEMPLATE = Path(__file__).parent / "embedded" / "fixture_template.yaml"
 FIXTURE_STACK = "itsacat-fixtures"

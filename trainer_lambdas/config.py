@@ -21,7 +21,7 @@ class Config:
     neuron_function: str
     lease_seconds: float = 60.0  # a trainer that stops heartbeating loses its run after this
     commit_seconds: float = 10.0  # commit (and heartbeat) at least this often
-    fanout_concurrency: int = 32  # neuron invocations in flight per trainer
+    neuron_concurrency: int = 32  # neuron invocations in flight per trainer
     max_dataset_bytes: int = 512 * 1024 * 1024
     # This function's memory (MB): AWS_LAMBDA_FUNCTION_MEMORY_SIZE, which Lambda (and the
     # embedded runtime) sets; the launch function's MemorySize in the template if absent.
@@ -52,7 +52,7 @@ class Config:
                 **{k: env[v] for k, v in names.items()},
                 lease_seconds=float(env.get("LEASE_SECONDS", cls.lease_seconds)),
                 commit_seconds=float(env.get("COMMIT_SECONDS", cls.commit_seconds)),
-                fanout_concurrency=int(env.get("FANOUT_CONCURRENCY", cls.fanout_concurrency)),
+                neuron_concurrency=int(env.get("NEURON_CONCURRENCY", cls.neuron_concurrency)),
                 max_dataset_bytes=int(env.get("MAX_DATASET_BYTES", cls.max_dataset_bytes)),
                 memory_mb=int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", cls.memory_mb)),
                 trainer_memory_mb=int(env.get("TRAINER_MEMORY_MB", cls.trainer_memory_mb)),

@@ -2,10 +2,10 @@
 
 The run record's `cursor` counts the committed steps (a step is one batch of one epoch);
 the weights of the committed state, with the optimiser's state beside each row (L2 and
-momentum or Adam, `fanout.OptimiserState`), are version `cursor` in the weights table. A commit
-writes the new version's rows, then moves the cursor with a conditional update that also
-requires our lease: a duplicated, late or superseded trainer cannot move it, and training
-is deterministic, so whoever recomputes a step computes the same numbers.
+momentum or Adam, `distributed_step.OptimiserState`), are version `cursor` in the weights
+table. A commit writes the new version's rows, then moves the cursor with a conditional
+update that also requires our lease: a duplicated, late or superseded trainer cannot move
+it, and training is deterministic, so whoever recomputes a step computes the same numbers.
 """
 
 import logging
@@ -27,7 +27,7 @@ from state.notifications import Notifier
 from state.objects import ObjectStore
 from state.runs import CANCELLED, FAILED, Outcome, Progress, RunRecord, RunStore
 from state.weights import WeightStore
-from trainer_lambdas import datacache, fanout, metrics, plan
+from trainer_lambdas import datacache, distributed_step, invocation_plan, metrics
 from trainer_lambdas.config import Config
 from trainer_lambdas.invoker import LambdaInvoker, LeaseLost
 from trainer_lambdas.nn import dual, network, schedule
@@ -109,19 +109,21 @@ class _State:
     committed: int
     writer: str  # who wrote the committed version (`weights_writer`)
     weights: Weights  # as of `cursor`, except the layers in `deferred`: one step behind
-    optim: fanout.OptimiserState  # the optimiser's, as of the weights
+    optim: distributed_step.OptimiserState  # the optimiser's, as of the weights
     epochs_done: int
     last_cost: float | None
     partial_sum: float
     partial_n: int
     stop: bool = False
-    # the last step's updates that the neurons apply in the next one (`fanout.step`)
-    deferred: fanout.Deferred = field(default_factory=dict)
+    # the last step's updates that the neurons apply in the next one (`distributed_step.step`)
+    deferred: distributed_step.Deferred = field(default_factory=dict)
     # (epoch, cost, seconds) of the epochs since the last commit: written with it
     costs: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-def optimiser_extras(optim: fanout.OptimiserState, weights: Weights) -> list[dict[str, np.ndarray]]:
+def optimiser_extras(
+    optim: distributed_step.OptimiserState, weights: Weights
+) -> list[dict[str, np.ndarray]]:
     """The optimiser's state as the weights table stores it beside each row: the slots'
     rows, and layer 1's scale and v_scale in the dual form (only once they left 1 and 0)."""
     out: list[dict[str, np.ndarray]] = []
@@ -138,10 +140,10 @@ def optimiser_extras(optim: fanout.OptimiserState, weights: Weights) -> list[dic
 
 def optimiser_state(
     rule: params_mod.Parameters | None, weights: Weights, extras: list[dict], version: int
-) -> fanout.OptimiserState:
+) -> distributed_step.OptimiserState:
     """The optimiser's state stored with version `version` of the weights (the launcher's
     version 0 holds none: the initial state, zeros)."""
-    initial = fanout.OptimiserState.initial(rule, weights)
+    initial = distributed_step.OptimiserState.initial(rule, weights)
     slots = []
     for layer, (init, stored) in enumerate(zip(initial.slots, extras, strict=True)):
         names = init.names()
@@ -157,13 +159,13 @@ def optimiser_state(
     first = extras[0] if extras else {}
     scale = float(first["scale"][0, 0]) if "scale" in first else 1.0
     v_scale = float(first["v_scale"][0, 0]) if "v_scale" in first else 0.0
-    return fanout.OptimiserState(slots, scale, v_scale)
+    return distributed_step.OptimiserState(slots, scale, v_scale)
 
 
 class Coordinator:
     def __init__(self, cfg: Config, stores: Stores, invoker: LambdaInvoker) -> None:
         self.cfg = cfg
-        self.s = stores
+        self.stores = stores
         self.invoker = invoker
 
     def drive(
@@ -176,11 +178,11 @@ class Coordinator:
         self.invoker.counters.take()
         clients.UNPROCESSED.take()
         try:
-            run = self.s.runs.acquire(run_id, owner, self.cfg.lease_seconds)
+            run = self.stores.runs.acquire(run_id, owner, self.cfg.lease_seconds)
         except Conflict:
             # Another trainer holds the lease, or the run is not training: nothing to do,
             # except what an ended run's trainer may have left undone before it stopped.
-            self.s.runs.count(run_id, {"duplicates": 1})
+            self.stores.runs.count(run_id, {"duplicates": 1})
             log.info(
                 "lease held or run not training; this invocation stops", extra={"run_id": run_id}
             )
@@ -191,7 +193,9 @@ class Coordinator:
             extra={"run_id": run_id, "reason": event.reason, "cursor": run.cursor},
         )
         try:
-            with Heartbeat(self.s.runs, run_id, owner, self.cfg.lease_seconds, self.invoker.halt):
+            with Heartbeat(
+                self.stores.runs, run_id, owner, self.cfg.lease_seconds, self.invoker.halt
+            ):
                 return self._train(run, owner, remaining_ms)
         except LeaseLost:
             return {"run_id": run_id, "outcome": "lost-lease"}
@@ -204,11 +208,13 @@ class Coordinator:
         if run.params is None or run.data_key is None or run.cursor is None:
             raise ValueError(f"run {run_id} is TRAINING without its prepared fields")
         p = params_mod.parse(run.params)
-        data = datacache.load(self.s.objects, run.data_key)
+        data = datacache.load(self.stores.objects, run.data_key)
         m, n_x = data.y.shape[1], data.x.shape[0]
-        spe = schedule.batches_per_epoch(p, m)
-        total = p.epochs * spe
-        blocks = plan.for_params(n_x, p.neurons, p.fanout, m, p.plan)
+        steps_per_epoch = schedule.batches_per_epoch(p, m)
+        total = p.epochs * steps_per_epoch
+        blocks = invocation_plan.for_run(
+            n_x, p.neurons, p.neurons_per_invocation, m, p.distribution
+        )
         # The first layer in the dual form (`nn.dual`): its state is C (n1 x m), and the
         # neurons need P0 = W1(0) X; W1 itself is rebuilt when the run finishes.
         basis = None
@@ -216,7 +222,7 @@ class Coordinator:
             basis = dual.Basis.of(initial_weights(p, n_x)[0][0], data.x)
         # L2 or an optimiser other than gd: the update rule (None: plain gd, as always).
         rule = None if p.l2 == 0 and p.optimizer == "gd" else p
-        weights, extras = self.s.weights.read_with_extras(
+        weights, extras = self.stores.weights.read_with_extras(
             run_id, run.weights_version, n_x if basis is None else m, p.neurons, run.weights_writer
         )
         st = _State(
@@ -237,7 +243,7 @@ class Coordinator:
             and st.partial_n == 0
         )
         # What every step shares; a step adds its batch's labels and columns.
-        base = fanout.StepInputs(
+        base = distributed_step.StepInputs(
             run_id=run_id,
             data_key=run.data_key,
             activations=p.activations,
@@ -272,13 +278,15 @@ class Coordinator:
                     )
                 return self._hand_over(run_id, owner, st, p.neurons, idle)
             t0 = time.monotonic()
-            epoch, batch = divmod(st.cursor, spe)
+            epoch, batch = divmod(st.cursor, steps_per_epoch)
             idx = schedule.batch_indices(p, m, epoch, batch)
             y = data.y if idx is None else data.y[:, idx]
             inputs = replace(
                 base, y=y, indices=None if idx is None else idx.tolist(), t=st.cursor + 1
             )
-            result = fanout.step(st.weights, blocks, inputs, self.invoker, st.deferred, st.optim)
+            result = distributed_step.step(
+                st.weights, blocks, inputs, self.invoker, st.deferred, st.optim
+            )
             if not math.isfinite(result.cost):
                 return self._diverged(run_id, owner, epoch, result.cost)
             st.weights, st.deferred, st.optim = result.weights, result.deferred, result.state
@@ -287,7 +295,7 @@ class Coordinator:
             st.partial_n += y.shape[1]
             if batch == 0 or epoch_started is None:
                 epoch_started = t0
-            if batch == spe - 1:
+            if batch == steps_per_epoch - 1:
                 cost = st.partial_sum / st.partial_n
                 seconds = time.monotonic() - epoch_started
                 st.costs.append((epoch, cost, seconds))
@@ -330,19 +338,22 @@ class Coordinator:
     ) -> dict[str, Any]:
         """End the run FAILED for a reason no retry can change, and say so."""
         try:
-            self.s.runs.fail(run_id, reason)
+            self.stores.runs.fail(run_id, reason)
         except Conflict:
             return {"run_id": run_id, "outcome": "not-ours"}
-        self.s.notifier.run_failed(run_id, reason)
-        self.s.runs.mark_notified(run_id)
+        self.stores.notifier.run_failed(run_id, reason)
+        self.stores.runs.mark_notified(run_id)
         return {"run_id": run_id, "outcome": outcome, **details}
 
     def _settle(
-        self, st: _State, blocks: list[list[plan.Block]], inputs: fanout.StepInputs
+        self,
+        st: _State,
+        blocks: list[list[invocation_plan.Block]],
+        inputs: distributed_step.StepInputs,
     ) -> None:
         """Apply the updates still pending from the last step (before storing the weights)."""
         if st.deferred:
-            st.weights, st.optim = fanout.settle(
+            st.weights, st.optim = distributed_step.settle(
                 st.weights, st.deferred, blocks, inputs, self.invoker, st.optim
             )
             st.deferred = {}
@@ -363,16 +374,16 @@ class Coordinator:
             raise LeaseLost("the heartbeat found the lease lost")
         done = st.costs
         if done:
-            self.s.costs.put_many(run_id, done)
+            self.stores.costs.put_many(run_id, done)
             st.costs = []
         moved = st.cursor != st.committed
         if moved:
-            self.s.weights.write(
+            self.stores.weights.write(
                 run_id, st.cursor, st.weights, owner, optimiser_extras(st.optim, st.weights)
             )
         writer = owner if moved else st.writer
         try:
-            self.s.runs.commit(
+            self.stores.runs.commit(
                 run_id,
                 owner,
                 expected_cursor=st.committed,
@@ -401,10 +412,10 @@ class Coordinator:
             )
             if moved and not self._points_to(run_id, st.cursor, owner):
                 # ours alone, and never pointed to: nobody else will remove it
-                self.s.weights.delete(run_id, st.cursor, sizes, owner)
+                self.stores.weights.delete(run_id, st.cursor, sizes, owner)
             return False
         if moved:
-            self.s.weights.delete(run_id, st.committed, sizes, st.writer)
+            self.stores.weights.delete(run_id, st.committed, sizes, st.writer)
         st.committed, st.writer = st.cursor, writer
         if done:
             metrics.record_epochs(run_id, done)
@@ -426,7 +437,7 @@ class Coordinator:
         our write, yet it points at our version. Unknown counts as yes: a version left
         behind costs storage; a committed one deleted loses the run."""
         try:
-            run = self.s.runs.get(run_id)
+            run = self.stores.runs.get(run_id)
         except StateError:
             return True
         return run.weights_version == version and run.weights_writer == writer
@@ -446,7 +457,7 @@ class Coordinator:
             idle_handovers=idle,
         ):
             return {"run_id": run_id, "outcome": "lost-lease", "cursor": st.cursor}
-        self.s.functions.start(
+        self.stores.functions.start(
             self.cfg.trainer_function, TrainerEvent(run_id, "handover").to_dict()
         )
         log.info(
@@ -470,7 +481,7 @@ class Coordinator:
         train_acc = network.accuracy(weights, p.activations, data.x, data.y)
         test_acc = None
         if run.test_key:
-            arrays = self.s.objects.get_arrays(run.test_key)
+            arrays = self.stores.objects.get_arrays(run.test_key)
             x_test = flatten_images(arrays["x"])
             y_test = arrays["y"].reshape(1, -1)
             test_acc = network.accuracy(weights, p.activations, x_test, y_test)
@@ -488,9 +499,9 @@ class Coordinator:
             "seconds": seconds,
             "dataset": run.dataset,
         }
-        model_uri = self.s.models.store(run_id, weights, metadata)
+        model_uri = self.stores.models.store(run_id, weights, metadata)
         try:
-            done = self.s.runs.finish(
+            done = self.stores.runs.finish(
                 run_id,
                 owner,
                 st.cursor,
@@ -514,30 +525,30 @@ class Coordinator:
         (asking for approval when production did not change), note the announcement. A
         trainer of the run that finds it ended and not announced does it all again
         (`_announce_if_ended`)."""
-        offer = self.s.models.offer(run.run_id)
-        self.s.weights.delete_run(run.run_id, layers)
-        self.s.notifier.run_succeeded(run, offer)
-        self.s.runs.mark_notified(run.run_id)
+        offer = self.stores.models.offer(run.run_id)
+        self.stores.weights.delete_run(run.run_id, layers)
+        self.stores.notifier.run_succeeded(run, offer)
+        self.stores.runs.mark_notified(run.run_id)
 
     def _announce_if_ended(self, run_id: str) -> None:
         """An ended run whose end was never announced (its trainer stopped between the end
         and the notification): finish the job. SNS delivers at least once anyway."""
         try:
-            run = self.s.runs.get(run_id)
+            run = self.stores.runs.get(run_id)
         except StateError:
             return
         if not run.ended or run.notified or run.status == CANCELLED:
             return
         log.info("announcing the end of the run", extra={"run_id": run_id})
         if run.status == FAILED:
-            self.s.notifier.run_failed(run_id, run.error or "unknown error")
-            self.s.runs.mark_notified(run_id)
+            self.stores.notifier.run_failed(run_id, run.error or "unknown error")
+            self.stores.runs.mark_notified(run_id)
         elif run.params is not None:  # SUCCEEDED: its parameters are there since its start
             self._after_success(run, len(params_mod.parse(run.params).neurons))
 
     def _release_after_error(self, run_id: str, owner: str, error: Exception) -> None:
         """Give the lease back so that a retry or the watchdog can go on at once."""
         try:
-            self.s.runs.release(run_id, owner, f"{type(error).__name__}: {error}")
+            self.stores.runs.release(run_id, owner, f"{type(error).__name__}: {error}")
         except Exception:  # the original error matters more
             log.exception("could not release the lease", extra={"run_id": run_id})

@@ -18,7 +18,7 @@ be pinned, and the current `parameters.json` is read.
 Inputs that cannot work are refused here, before anything is written: a dataset that would
 not fit the functions' memory (`datasets.Memory`), a first layer whose stored rows would not
 fit a DynamoDB item (`first_layer_form`), a network whose requests would not fit Lambda's
-payload limit (`plan.check_inputs`).
+payload limit (`invocation_plan.check_inputs`).
 """
 
 import hashlib
@@ -33,7 +33,7 @@ from typing import Any
 from state.errors import Conflict, NotFound, StateError
 from state.objects import ObjectVersion, data_key
 from state.runs import PREPARING, Prepared
-from trainer_lambdas import datasets, plan
+from trainer_lambdas import datasets, invocation_plan
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
 from trainer_lambdas.nn import dual, optimizers, schedule
@@ -136,7 +136,7 @@ def pinned_version(versions: list[ObjectVersion], when: datetime) -> ObjectVersi
 class Launcher:
     def __init__(self, cfg: Config, stores: Stores) -> None:
         self.cfg = cfg
-        self.s = stores
+        self.stores = stores
 
     def launch(self, obj: UploadedObject) -> dict[str, Any]:
         if not is_dataset(obj.key):
@@ -150,11 +150,11 @@ class Launcher:
             "size": obj.size,
         }
         try:
-            self.s.runs.create(run_id, dataset, started_at=time.time())
+            self.stores.runs.create(run_id, dataset, started_at=time.time())
         except Conflict:
-            existing = self.s.runs.get(run_id)
+            existing = self.stores.runs.get(run_id)
             if existing.status != PREPARING:
-                self.s.runs.count(run_id, {"duplicates": 1})
+                self.stores.runs.count(run_id, {"duplicates": 1})
                 log.info("duplicate upload event; the run exists", extra={"run_id": run_id})
                 return {"run_id": run_id, "outcome": "duplicate", "status": existing.status}
             log.info("resuming an interrupted preparation", extra={"run_id": run_id})
@@ -163,10 +163,10 @@ class Launcher:
         except Rejected as r:
             return self._reject(run_id, obj, r.reason)
         try:
-            self.s.runs.start(run_id, prepared)
+            self.stores.runs.start(run_id, prepared)
         except Conflict:
             return {"run_id": run_id, "outcome": "duplicate"}
-        self.s.functions.start(self.cfg.trainer_function, TrainerEvent(run_id).to_dict())
+        self.stores.functions.start(self.cfg.trainer_function, TrainerEvent(run_id).to_dict())
         log.info("run prepared; trainer started", extra={"run_id": run_id})
         return {"run_id": run_id, "outcome": "started"}
 
@@ -180,7 +180,7 @@ class Launcher:
         except params_mod.ParameterError as e:
             raise Rejected(f"{params_key}: {e}") from e
         try:
-            body = self.s.objects.get(obj.key, self.cfg.max_dataset_bytes, obj.version_id)
+            body = self.stores.objects.get(obj.key, self.cfg.max_dataset_bytes, obj.version_id)
         except NotFound as e:
             raise Rejected(f"{obj.key}: the uploaded object is gone ({e})") from e
         except StateError as e:
@@ -201,7 +201,7 @@ class Launcher:
         try:
             in_dual = first_layer_form(p.first_layer, n_x, m, p.optimizer)
             m_b = m if p.full_batch(m) or p.batch_size is None else p.batch_size
-            plan.check_inputs(p.neurons, m_b, p.plan, m if in_dual else n_x)
+            invocation_plan.check_inputs(p.neurons, m_b, p.distribution, m if in_dual else n_x)
         except (params_mod.ParameterError, ValueError) as e:
             raise Rejected(f"{params_key}: {e}") from e
         m_all = m + (0 if ds.test is None else ds.test.m)
@@ -209,14 +209,14 @@ class Launcher:
         if gram is not None:
             raise Rejected(f"{obj.key}: {gram}")
         train_key = data_key(run_id, "train")
-        self.s.objects.put_arrays(train_key, x=train.x, y=train.y)
+        self.stores.objects.put_arrays(train_key, x=train.x, y=train.y)
         test_key = None
         if ds.test is not None:
             test_key = data_key(run_id, "test")
-            self.s.objects.put_arrays(test_key, x=ds.test.x, y=ds.test.y)
+            self.stores.objects.put_arrays(test_key, x=ds.test.x, y=ds.test.y)
         start = initial_weights(p, n_x)
-        self.s.weights.write(run_id, 0, dual.initial_state(start, m) if in_dual else start)
-        spe = schedule.batches_per_epoch(p, m)
+        self.stores.weights.write(run_id, 0, dual.initial_state(start, m) if in_dual else start)
+        steps_per_epoch = schedule.batches_per_epoch(p, m)
         return Prepared(
             params=p.to_json(),
             params_source=params_key if text is not None else "default",
@@ -229,8 +229,8 @@ class Launcher:
             m_test=0 if ds.test is None else ds.test.m,
             image_shape=list(ds.image_shape),
             classes=list(ds.classes),
-            steps_per_epoch=spe,
-            total_steps=p.epochs * spe,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=p.epochs * steps_per_epoch,
             # decided once: the stored weights' layout must not change under a running run
             first_layer="dual" if in_dual else "primal",
         )
@@ -240,19 +240,19 @@ class Launcher:
         (None: the defaults), and its version id (the module docstring says which)."""
         if obj.version_id is None:  # a bucket without versioning: nothing to pin
             try:
-                return self.s.objects.get_optional(params_key, MAX_PARAMS_BYTES), None
+                return self.stores.objects.get_optional(params_key, MAX_PARAMS_BYTES), None
             except StateError as e:
                 raise Rejected(f"{params_key}: {e}") from e
         try:
-            when = self.s.objects.head(obj.key, obj.version_id)["LastModified"]
+            when = self.stores.objects.head(obj.key, obj.version_id)["LastModified"]
         except StateError as e:
             gone = "the uploaded object is gone: " if isinstance(e, NotFound) else ""
             raise Rejected(f"{obj.key}: {gone}{e}") from e
         try:
-            pinned = pinned_version(self.s.objects.versions(params_key), when)
+            pinned = pinned_version(self.stores.objects.versions(params_key), when)
             if pinned is None or pinned.deleted:
                 return None, None
-            text = self.s.objects.get(params_key, MAX_PARAMS_BYTES, pinned.version_id)
+            text = self.stores.objects.get(params_key, MAX_PARAMS_BYTES, pinned.version_id)
         except NotFound as e:
             raise Rejected(
                 f"{params_key}: the version current when the dataset was uploaded is gone "
@@ -265,9 +265,9 @@ class Launcher:
     def _reject(self, run_id: str, obj: UploadedObject, reason: str) -> dict[str, Any]:
         log.warning("upload rejected", extra={"run_id": run_id, "reason": reason})
         try:
-            self.s.runs.fail(run_id, reason, from_statuses=(PREPARING,))
+            self.stores.runs.fail(run_id, reason, from_statuses=(PREPARING,))
         except Conflict:
             return {"run_id": run_id, "outcome": "duplicate"}
-        self.s.notifier.run_failed(run_id, reason, dataset=f"s3://{obj.bucket}/{obj.key}")
-        self.s.runs.mark_notified(run_id)
+        self.stores.notifier.run_failed(run_id, reason, dataset=f"s3://{obj.bucket}/{obj.key}")
+        self.stores.runs.mark_notified(run_id)
         return {"run_id": run_id, "outcome": "failed", "error": reason}

@@ -41,7 +41,7 @@ def unpack(d: Any, what: str) -> np.ndarray:
     return a.astype(np.float64)  # a writable native copy
 
 
-def _opt(d: dict, key: str) -> np.ndarray | None:
+def _optional_array(d: dict, key: str) -> np.ndarray | None:
     return None if d.get(key) is None else unpack(d[key], key)
 
 
@@ -146,15 +146,15 @@ class NeuronRequest:
                 activation=str(event["activation"]),
                 w=unpack(event["w"], "w"),
                 b=unpack(event["b"], "b"),
-                a_prev=_opt(event, "a_prev"),
+                a_prev=_optional_array(event, "a_prev"),
                 indices=None if event.get("indices") is None else list(event["indices"]),
-                dz=_opt(event, "dz"),
-                grad_input=_opt(event, "grad_input"),
+                dz=_optional_array(event, "dz"),
+                grad_input=_optional_array(event, "grad_input"),
                 learning_rate=_opt_float(event, "learning_rate"),
-                p0=_opt(event, "p0"),
+                p0=_optional_array(event, "p0"),
                 rule=_rule(event.get("rule")),
                 t=None if event.get("t") is None else _int(event["t"], "t"),
-                **{k: _opt(event, k) for k in SLOTS},
+                **{k: _optional_array(event, k) for k in SLOTS},
             )
         except KeyError as e:
             raise PayloadError(f"neuron request is missing {e}") from e
@@ -255,7 +255,7 @@ class NeuronResponse:
             raise PayloadError(f"neuron response is not JSON: {e}") from e
         if not isinstance(d, dict):
             raise PayloadError("neuron response is not an object")
-        return cls(**{k: _opt(d, k) for k in ("a", "dw", "db", "dz")})
+        return cls(**{k: _optional_array(d, k) for k in ("a", "dw", "db", "dz")})
 
 
 TRAINER_REASONS = ("launch", "handover", "watchdog", "resume")

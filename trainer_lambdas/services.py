@@ -1,6 +1,9 @@
 """The composition root the handlers share: configuration, adapters, logging.
 
-Built once per warm worker and cached; tests inject their own by calling `override`.
+Each is built on first use and cached for the warm worker's life (`functools.cache`); the
+handlers call `config()`, `stores()` and `invoker()` at the time of each call, so tests put
+their own in place by replacing these functions (e.g. `monkeypatch.setattr(services,
+"stores", ...)`).
 """
 
 import functools
@@ -46,7 +49,7 @@ def stores() -> Stores:
 @functools.cache
 def invoker() -> LambdaInvoker:
     cfg = config()
-    return LambdaInvoker(stores().functions, cfg.neuron_function, cfg.fanout_concurrency)
+    return LambdaInvoker(stores().functions, cfg.neuron_function, cfg.neuron_concurrency)
 
 
 @functools.cache

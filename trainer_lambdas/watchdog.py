@@ -16,6 +16,7 @@ from typing import Any
 from state.errors import Conflict
 from state.runs import PREPARING, TRAINING
 from trainer_lambdas import services
+from trainer_lambdas.coordinator import Stores
 from trainer_lambdas.payloads import TrainerEvent
 
 MAX_STALLS = 10
@@ -30,12 +31,12 @@ PREPARE_LIMIT_SECONDS = 1200
 
 def sweep(now: float | None = None) -> dict[str, Any]:
     """Start a trainer for every TRAINING run whose lease expired; fail hopeless ones."""
-    s, cfg = services.stores(), services.config()
+    stores, cfg = services.stores(), services.config()
     now = time.time() if now is None else now
     redriven, failed = [], []
-    for run in s.runs.active():
+    for run in stores.runs.active():
         if run.status == PREPARING and (run.started_at or now) < now - PREPARE_LIMIT_SECONDS:
-            if _fail(s, run.run_id, _NEVER_PREPARED):
+            if _fail(stores, run.run_id, _NEVER_PREPARED):
                 failed.append(run.run_id)
             continue
         if run.status != TRAINING or run.cursor is None:
@@ -52,16 +53,16 @@ def sweep(now: float | None = None) -> dict[str, Any]:
                 f"the trainer stopped {MAX_STALLS} times in a row at step {cursor}; last "
                 f"error: {run.last_error or 'none recorded'}"
             )
-            if _fail(s, run.run_id, reason):
+            if _fail(stores, run.run_id, reason):
                 failed.append(run.run_id)
             continue
         try:
             # Conditional on what this sweep saw: a duplicate tick (same or not) that saw the
             # same stall re-drives it once, and a run that moved on is left alone.
-            s.runs.redrive(run.run_id, cursor, previous, stalls, now)
+            stores.runs.redrive(run.run_id, cursor, previous, stalls, now)
         except Conflict:
             continue
-        s.functions.start(cfg.trainer_function, TrainerEvent(run.run_id, "watchdog").to_dict())
+        stores.functions.start(cfg.trainer_function, TrainerEvent(run.run_id, "watchdog").to_dict())
         redriven.append(run.run_id)
     return {"redriven": redriven, "failed": failed}
 
@@ -73,14 +74,14 @@ _NEVER_PREPARED = (
 )
 
 
-def _fail(s: Any, run_id: str, reason: str) -> bool:
+def _fail(stores: Stores, run_id: str, reason: str) -> bool:
     """Fail an active run and announce it; False if it moved on (or ended) meanwhile."""
     try:
-        s.runs.fail(run_id, reason)
+        stores.runs.fail(run_id, reason)
     except Conflict:
         return False
-    s.notifier.run_failed(run_id, reason)
-    s.runs.mark_notified(run_id)
+    stores.notifier.run_failed(run_id, reason)
+    stores.runs.mark_notified(run_id)
     return True
 
 

@@ -1,7 +1,8 @@
 """The API's refusals and failures: each carries an HTTP status and a stable code.
 
 Every error the API answers with is JSON `{"error": "<message>", "code": "<code>"}`;
-views raise these and one wrapper in `views` turns them into responses. A refusal (4xx)
+`service` and the modules it calls (`addresses`, `fetch`, `images`, `model_cache`) raise
+these, and one wrapper, `views.answers_errors`, turns them into responses. A refusal (4xx)
 tells the client what was wrong with its request; a failure (5xx) answers with a generic
 message for its code (`public_body`), the details (bucket, keys, S3 error codes) going to
 the log only.

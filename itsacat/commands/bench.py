@@ -1,20 +1,20 @@
-"""`itsacat bench`: time every fan-out plan against the reference and project it onto AWS."""
+"""`itsacat bench`: time every plan against the reference and project it onto AWS
+(`itsacat.bench.plans`)."""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from itsacat import bench
+from itsacat.bench import plans as bench
+from itsacat.dataset_source import required
 from itsacat.errors import UserError
-
-DEFAULT_DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "datasets.h5"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark the fan-out plans against the reference trainer",
+        help="benchmark the plans against the reference trainer",
         description=(
             "Start a fresh embedded stack in a temporary home, train the 12288-20-7-5-1 network "
             "(full batch, float64) in-process with the reference trainer and on the stack with "
@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "dataset",
-        nargs="?",
-        default=str(DEFAULT_DATASET),
-        help="datasets.h5 (default: %(default)s)",
+        "--dataset",
+        metavar="PATH",
+        help="the datasets.h5 to train on (default: the cat data `itsacat dataset fetch` "
+        "cached under $ITSACAT_HOME)",
     )
     p.add_argument(
         "--epochs",
@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
             f"--epochs must be at least {least}: epochs are timed between commits "
             + ("(four per run)" if args.scaling else "(every 50)")
         )
-    path = Path(args.dataset)
-    if not path.exists():
-        raise UserError(f"no dataset at {path} (pass its path)")
+    path = required(args.dataset)
     if args.scaling:
         rows = bench.scaling(path, args.epochs, args.plans)
         result: dict = {"scaling": rows}

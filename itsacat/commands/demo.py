@@ -4,7 +4,6 @@ import argparse
 from pathlib import Path
 
 from itsacat import demo
-from itsacat.dataset_source import SHARED_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,12 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the whole story on the embedded stack: upload, train, report, serve, approve",
         description=(
             "Start the embedded stack (or use the running one) and find the dataset: "
-            "--dataset, else ../shared/data/datasets.h5, else the cached download, else a "
-            "download (itsacat dataset fetch), else a generated stand-in, saying which. "
+            "--dataset, else the cat data cached in $ITSACAT_HOME (itsacat dataset fetch), "
+            "else a download of it, else a generated stand-in, saying which. "
             "Upload it (which starts a run), train with the default parameters and a live "
             "progress bar, print the summary and write the report; the first model goes to "
             "production. Train a second, shorter run, whose model lands in staging; serve "
-            "both APIs (production and staging), ask both about the sample pictures, and "
+            "both APIs (production and staging), ask both about a few pictures of the test set "
+            "(or --images), and "
             "promote the candidate only if its test accuracy is at least production's. "
             "Leaves the stack and the APIs running (stop them with `itsacat down`), unless "
             "--exit."
@@ -28,15 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dataset-url",
         metavar="URL",
-        help="where to download the cat data if it is neither in ../shared/data nor cached "
+        help="where to download the cat data if it is not cached "
         "(default: $ITSACAT_DATASET_URL, else the original project's published file)",
     )
     p.add_argument(
-        "--shared-data",
+        "--images",
         metavar="DIR",
-        default=str(SHARED_DATA),
-        help="the folder with the shared datasets.h5 and sample images (default "
-        "../shared/data beside the checkout; 'none': do not look, as on a fresh clone)",
+        help="ask the APIs about the .jpeg/.jpg/.png pictures in DIR (default: a few "
+        "pictures of the dataset's test set)",
     )
     p.add_argument(
         "--epochs", type=int, metavar="N", help="train only N epochs (a shorter demo, for tests)"
@@ -80,11 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.images:
+        demo.pictures_in(Path(args.images))  # a wrong folder fails now, not after training
     return demo.run(
         demo.Options(
             dataset=args.dataset,
             dataset_url=args.dataset_url,
-            shared_data=None if args.shared_data.lower() == "none" else Path(args.shared_data),
+            images=Path(args.images) if args.images else None,
             epochs=args.epochs,
             plan=args.plan,
             fanout=args.fanout

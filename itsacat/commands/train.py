@@ -10,6 +10,7 @@ from itsacat.inputs import load_params
 from itsacat.runview import TRAIN_JSON_KEYS, Runs
 from itsacat.uploads import upload_dataset
 from trainer_lambdas import datasets
+from trainer_lambdas.nn.params import DISTRIBUTIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--commit-every", type=int, metavar="N", help="commit every N steps")
     p.add_argument(
         "--plan",
-        choices=("fanout", "hybrid"),
+        choices=DISTRIBUTIONS,
         help="fanout: every layer fans out (default); hybrid: only layer 1, the trainer "
         "computes the small layers",
     )
@@ -44,17 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params, epochs=args.epochs)
-    overrides = {"fanout": args.fanout, "commit_every": args.commit_every, "plan": args.plan}
-    if any(v is not None for v in overrides.values()):
-        from trainer_lambdas.nn import params as params_mod
-
-        d = params.to_json()
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            params = params_mod.parse(d)
-        except params_mod.ParameterError as e:
-            raise UserError(str(e)) from e
+    params = load_params(
+        args.params,
+        epochs=args.epochs,
+        fanout=args.fanout,
+        commit_every=args.commit_every,
+        plan=args.plan,
+    )
     path = Path(args.dataset)
     try:
         datasets.load(path)  # the launch validates too; this fails faster and locally

@@ -1,5 +1,10 @@
-"""Fixtures for the prediction API tests: a moto S3 server, models in it, picture servers.
+"""API tier: the prediction API (chalice_app/) over real servers on loopback.
 
+What these tests may use: the API's code called in process (its routes through Chalice's
+test client, `chalicelib` directly) or served by `itsacat serve` (the `chalice local`
+server, a subprocess); S3 as a moto server on 127.0.0.1 in a thread (`moto_endpoint`),
+holding models published as training publishes them; picture servers of their own; and,
+where a test says so, the session's embedded stack (`embedded_stack`, tests/conftest.py).
 Nothing here reaches the internet: S3 is a moto server on 127.0.0.1, pictures are served
 from 127.0.0.2 (allowed in tests that say so) and 127.0.0.1 (always refused).
 """

@@ -1,6 +1,7 @@
 """The benchmark's machinery, without a stack: counting, per-epoch arithmetic, the AWS
 projection and the shape of the JSON and tables it prints."""
 
+import dataclasses
 import io
 import json
 import math
@@ -9,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from embedded.emulator import RequestCounter, operation
-from itsacat import bench, projection
+from itsacat.bench import plans as bench
+from itsacat.bench import projection
+from itsacat.deploy.package import load_template
+from tests.support.template import template
+from trainer_lambdas.nn import params as params_mod
 
 LAMBDA_UA = "Boto3/1.40 md/Botocore#1.40 exec-env/AWS_Lambda_python3.11"
 
@@ -140,6 +145,70 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_the_named_plans() -> None:
-    assert bench.PLANS["neuron"].overrides() == {"fanout": 1, "plan": "fanout", "commit_every": 50}
-    assert bench.PLANS["hybrid"].plan == "hybrid"
+    base = params_mod.default()
+    neuron = bench.PLANS["neuron"].apply(base)
+    assert (neuron.neurons_per_invocation, neuron.distribution, neuron.commit_every) == (
+        1,
+        "fanout",
+        50,
+    )
+    hybrid = bench.PLANS["hybrid"].apply(base, commit_every=7)
+    assert (hybrid.distribution, hybrid.neurons_per_invocation, hybrid.commit_every) == (
+        "hybrid",
+        4096,
+        7,
+    )
+    assert hybrid.epochs == base.epochs and hybrid.neurons == base.neurons
     assert not math.isnan(bench.median_epoch_s([1.0, 2.0]))
+
+
+def test_the_projection_reads_the_functions_from_the_template() -> None:
+    got = projection.template_settings()
+    resources = template()["Resources"]  # the tests' own reading of the same file
+    assert got.neuron_memory_mb == resources["NeuronFunction"]["Properties"]["MemorySize"]
+    assert got.trainer_memory_mb == resources["TrainerFunction"]["Properties"]["MemorySize"]
+    parameters = template()["Parameters"]
+    variables = template()["Globals"]["Function"]["Environment"]["Variables"]
+    concurrency = variables[projection.CONCURRENCY_VARIABLE]["Ref"]
+    assert got.neuron_concurrency == parameters[concurrency]["Default"]
+    assert got.trainer_timeout_s == parameters["TrainerTimeout"]["Default"]
+    assert got.neuron_timeout_s == parameters["NeuronTimeout"]["Default"]
+    assert projection.assumptions()["neuron_memory_mb"] == got.neuron_memory_mb
+
+
+def test_a_changed_template_changes_the_projection(tmp_path: Path) -> None:
+    """The projection follows the template: a copy with half the neuron memory, a quarter
+    of the concurrency and a shorter trainer timeout projects accordingly."""
+    t = load_template(projection.TEMPLATE)
+    variables = t["Globals"]["Function"]["Environment"]["Variables"]
+    concurrency = variables[projection.CONCURRENCY_VARIABLE]["Ref"]
+    t["Resources"]["NeuronFunction"]["Properties"]["MemorySize"] = 1024
+    t["Parameters"][concurrency]["Default"] = 8
+    t["Parameters"]["TrainerTimeout"]["Default"] = 60
+    changed = tmp_path / "template.json"  # JSON is YAML: the same loader reads it
+    changed.write_text(json.dumps(t))
+    ours, theirs = projection.template_settings(), projection.template_settings(changed)
+    assert theirs == dataclasses.replace(
+        ours, neuron_memory_mb=1024, neuron_concurrency=8, trainer_timeout_s=60.0
+    )
+    assert projection.waves([20, 7, 5, 1]) == 8
+    assert projection.waves([20, 7, 5, 1], concurrency=theirs.neuron_concurrency) == 2 * (
+        3 + 1 + 1 + 1
+    )
+    c = projection.PlanCounts(
+        invocations=66,
+        waves=12,
+        payload_bytes=1e6,
+        execution_s=0.5,
+        requests={},
+        storage_bytes=0,
+    )
+    a, b = projection.project(c, 2500, ours), projection.project(c, 2500, theirs)
+    assert a.epoch_s == b.epoch_s  # the counts' waves are given: the same time
+    neuron_gb_s = 2500 * 66 * (0.5 + 0.001) * (2048 - 1024) / 1024
+    saved = a.usd_breakdown["lambda_compute"] - b.usd_breakdown["lambda_compute"]
+    assert saved == pytest.approx(neuron_gb_s * projection.LAMBDA_GB_SECOND_USD, abs=1e-3)
+    handovers = math.ceil(a.run_s / 60) - math.ceil(a.run_s / 900)
+    more = b.usd_breakdown["lambda_requests"] - a.usd_breakdown["lambda_requests"]
+    assert more == pytest.approx(handovers * projection.LAMBDA_REQUEST_USD, abs=1e-4)
+    assert projection.assumptions(theirs)["neuron_concurrency"] == 8

@@ -1,4 +1,12 @@
-"""Fixtures for the deploy tests: a small fake layer, one offline dry-run build, an emulator.
+"""Deploy tier: `itsacat deploy`'s packaging, plan and execution, offline.
+
+What these tests may use: the packaging (`chalice package`, cfn-lint and the AWS CLI as
+subprocesses), files in a temporary build folder, botocore's Stubber, a moto server of
+their own on 127.0.0.1 standing in for AWS (`emulator`), and the installed distributions'
+metadata (what the layer would hold). Never AWS itself nor PyPI, except the test marked
+slow in test_layer.py, which downloads the real layer (`make slow`).
+
+Fixtures: a small fake layer, one offline dry-run build, an emulator.
 
 The fake layer has the packages' directories and a wheel's metadata but no binaries, so the
 dry run (packaging, both final templates) takes seconds; the real layer is built by the slow

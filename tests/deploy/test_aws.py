@@ -12,8 +12,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from embedded import cfn_backfill
 from embedded import deploy as embedded_deploy
-from embedded import gaps
 from itsacat import target
 from itsacat.cli import main
 from itsacat.deploy import aws, package, plan
@@ -56,7 +56,7 @@ def test_packaged_template_is_created_in_the_emulator_and_destroy_removes_it(
     assert "../" not in text
 
     stack = embedded_deploy.create_stack(
-        gaps.Clients(emulator_env), "deployed", packaged, {"NotificationEmail": ""}
+        cfn_backfill.Clients(emulator_env), "deployed", packaged, {"NotificationEmail": ""}
     )
     assert stack.outputs["TrainerFunctionName"] == "deployed-trainer"
     assert "ScientificLayerArn" in stack.outputs

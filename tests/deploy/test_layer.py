@@ -14,6 +14,7 @@ import pytest
 
 from itsacat.deploy import layer
 from tests.deploy.conftest import make_fake_layer
+from tests.support.contents import TOOLING, top_level
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,6 +170,9 @@ def test_real_layer_builds_from_pypi_for_lambda(arch: str, tmp_path: Path) -> No
     report = layer.check(dest, arch)
     assert report.problems == []
     assert {"numpy", "h5py", "PIL", "aws_lambda_powertools"} <= set(report.packages)
+    # nothing of the local stack or the tools (test_deployed_contents.py checks the same offline)
+    python = dest / "python"
+    assert not top_level(p.relative_to(python).as_posix() for p in python.rglob("*")) & TOOLING
     assert report.unzipped_bytes < layer.UNZIPPED_LIMIT
     machine = layer.arch(arch).machine
     assert list((dest / "python" / "numpy").rglob(f"*.cpython-312-{machine}-linux-gnu.so"))

@@ -1,5 +1,10 @@
 """End-to-end tier: training through the real embedded stack (emulator + local Lambda runtime).
 
+What these tests may use: the session's stack (`embedded_stack`, tests/conftest.py) or a
+stack of their own (`tests.support.stack.running_stack`), reached over loopback with plain
+boto3 clients, the `itsacat` command and the API served by `itsacat serve`; killing the
+stack's processes; files in a temporary ITSACAT_HOME. Not the internet nor AWS.
+
 Runs go in through the bucket as a user's upload does; results are compared with the
 single-process reference trainer on the same data and parameters.
 """

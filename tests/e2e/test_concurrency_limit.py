@@ -11,10 +11,10 @@ import pytest
 
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
-from embedded.testing import running_stack
 from state import clients
 from state.runs import SUCCEEDED
 from tests.e2e.conftest import SMALL, Stack, assert_equals_reference, use_stack
+from tests.support.stack import running_stack
 
 CONFIG = RuntimeConfig(workers=4, account_concurrency=10)
 PARAMS = {**SMALL, "epochs": 3, "neurons": {"layer1": 20, "layer2": 3, "layer3": 1}}

@@ -125,7 +125,7 @@ def mirror() -> Iterator[tuple[str, list[str]]]:
 def test_demo_on_a_fresh_clone_fetches_the_cat_data_and_promotes_only_on_merit(
     tmp_path: Path, mirror: tuple[str, list[str]]
 ) -> None:
-    """`make demo` as on a fresh clone (no ../shared), with a loopback mirror of the cat
+    """`make demo` as on a fresh clone (an empty $ITSACAT_HOME), with a loopback mirror of the cat
     data: it downloads and checks the data, trains, serves production and staging, and
     promotes the shorter run only if it is at least as good; --exit leaves nothing."""
     url, asked = mirror
@@ -133,7 +133,7 @@ def test_demo_on_a_fresh_clone_fetches_the_cat_data_and_promotes_only_on_merit(
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ITSACAT_"))}
     env["ITSACAT_HOME"] = str(home)
-    args = ["--shared-data", "none", "--dataset-url", url, "--epochs", "3", "--exit"]
+    args = ["--dataset-url", url, "--epochs", "3", "--exit"]
     ports = ["--port", "0", "--staging-port", "0", "--out", str(tmp_path / "reports")]
     out = subprocess.run(
         [sys.executable, "-m", "itsacat.cli", "demo", *args, *ports],

@@ -27,11 +27,11 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from embedded.testing import wait_for
 from state.models import POINTER_KEYS, PRODUCTION, STAGING, ModelStore, PromotionConflict
 from state.runs import SUCCEEDED
 from tests.api.api_support import Api, PictureServer, free_port
 from tests.e2e.conftest import Stack
+from tests.support.stack import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ITSACAT = [sys.executable, "-m", "itsacat.cli"]

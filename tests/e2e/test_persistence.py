@@ -34,11 +34,11 @@ from embedded import persistence
 from embedded import stack as embedded_stack
 from embedded.deploy import ACCOUNT_ID, REGION
 from embedded.stack import DATA_DIR
-from embedded.testing import wait_for
 from itsacat.cli import main
 from state import clients
 from state.runs import PREPARING, SUCCEEDED, TRAINING
 from tests.e2e.conftest import SMALL, Stack, assert_equals_reference, use_stack
+from tests.support.stack import wait_for
 
 # Watchdog off: only `itsacat resume` can take up a run whose trainer died.
 UP_ARGS = ("--workers", "3", "--no-schedules")

@@ -13,10 +13,10 @@ import pytest
 
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
-from embedded.testing import running_stack, wait_for
 from state import clients
 from state.runs import SUCCEEDED
 from tests.e2e.conftest import SMALL, Stack, assert_equals_reference, use_stack, worker_pids
+from tests.support.stack import running_stack, wait_for
 
 PARAMETERS = {"TrainerTimeout": "6", "CommitSeconds": "0.2"}
 # AWS's clocks, a minute lasting 1 s: lease 1 s, the watchdog every second, retries after 1

@@ -9,9 +9,9 @@ import boto3
 import numpy as np
 import pytest
 
-from embedded.testing import wait_for
 from state.runs import FAILED, SUCCEEDED
 from tests.e2e.conftest import DATA, SMALL, Stack, assert_equals_reference, reference_result
+from tests.support.stack import wait_for
 from trainer_lambdas import datasets
 from trainer_lambdas.payloads import NeuronRequest, unpack
 

@@ -23,7 +23,7 @@ import pytest
 from embedded import lambda_files
 from embedded.deploy import load_template
 from embedded.stack import StackInfo
-from embedded.testing import wait_for
+from tests.support.stack import wait_for
 from tests.support.stack_clients import client
 
 ROOT = Path(__file__).resolve().parents[2]

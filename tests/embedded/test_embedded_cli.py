@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from embedded.testing import alive, descendants
+from itsacat.bench.processes import alive, descendants
 
 AWS_CLI = Path(sys.executable).parent / "aws"
 

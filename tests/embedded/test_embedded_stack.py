@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from embedded.deploy import load_template
 from embedded.stack import TEMPLATE, StackInfo
-from embedded.testing import TEST_CONFIG, stats, wait_for
+from tests.support.stack import TEST_CONFIG, wait_for
 from tests.support.stack_clients import client
 
 FIXTURES = "itsacat-fixtures"
@@ -37,7 +37,7 @@ def invoke(info: StackInfo, function: str, event: Any, **kwargs: Any) -> tuple[d
 
 
 def function_stats(info: StackInfo, name: str) -> dict[str, Any]:
-    return stats(info)["functions"][name]
+    return info.stats()["functions"][name]
 
 
 # ---------------------------------------------------------------------- the template
@@ -52,7 +52,7 @@ def test_every_resource_of_the_template_exists(embedded_stack: StackInfo) -> Non
         if "LogicalResourceId" in r
     }
     resources = template["Resources"]
-    # Resources moto's CloudFormation skips are applied from the template (embedded.gaps).
+    # Resources moto's CloudFormation skips are applied from the template (embedded.cfn_backfill).
     applied = {"TrainingInputQueuePolicy"}
     conditional = {k for k, v in resources.items() if "Condition" in v}
     for logical_id, resource in resources.items():
@@ -79,6 +79,7 @@ def test_every_resource_of_the_template_exists(embedded_stack: StackInfo) -> Non
         assert config["Handler"] == f"trainer_lambdas.{role}.handler"
         assert config["Environment"]["Variables"]["ITSACAT_BUCKET"] == outputs["BucketName"]
         assert config["Environment"]["Variables"]["TRAINER_FUNCTION"] == "itsacat-trainer"
+        assert str(config["Environment"]["Variables"]["NEURON_CONCURRENCY"]) == "32"
     logs = client(embedded_stack, "logs")
     groups = {
         g["logGroupName"]: g
@@ -249,8 +250,8 @@ def test_an_upload_under_training_input_reaches_the_launch_function(
     _aws(embedded_stack, "s3", "cp", str(dataset), f"s3://{bucket}/elsewhere/{tag}/x.h5")
     _aws(embedded_stack, "s3", "cp", str(dataset), f"s3://{bucket}/training_input/{tag}/notes.txt")
 
-    wait_for(lambda: f"training_input/{tag}/x.h5" in stats(embedded_stack)["relay"]["recent_keys"])
-    relay = stats(embedded_stack)["relay"]
+    wait_for(lambda: f"training_input/{tag}/x.h5" in embedded_stack.stats()["relay"]["recent_keys"])
+    relay = embedded_stack.stats()["relay"]
     assert relay["sources"][0]["function"] == "itsacat-launch"
     assert f"elsewhere/{tag}/x.h5" not in relay["recent_keys"]
     assert f"training_input/{tag}/notes.txt" not in relay["recent_keys"]

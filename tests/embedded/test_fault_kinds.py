@@ -21,8 +21,8 @@ import pytest
 from embedded.faults import FaultPlan, host_kernels, host_max_threads
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo
-from embedded.testing import running_stack, stats, wait_for
 from tests.conftest import FIXTURE_STACK, FIXTURE_TEMPLATE
+from tests.support.stack import running_stack, wait_for
 from tests.support.stack_clients import client
 
 FAULTS = "redeliver=1,hosts=mixed,seed=5"
@@ -59,14 +59,14 @@ def test_an_event_is_redelivered_with_the_same_request_id(unkind_stack: StackInf
     request_id = response["ResponseMetadata"]["RequestId"]
     # The handler runs twice, both times under the request id the caller was given.
     wait_for(lambda: _starts(unkind_stack, function, request_id) == 2, timeout_s=15)
-    counters = stats(unkind_stack)["functions"][function]
+    counters = unkind_stack.stats()["functions"][function]
     assert counters["redeliveries"] >= 1 and counters["executions"] >= 2
 
 
 def test_a_schedule_tick_is_redelivered_too(unkind_stack: StackInfo) -> None:
     watchdog = f"{unkind_stack.stack_name}-watchdog"
     counters = wait_for(
-        lambda: stats(unkind_stack)["functions"].get(watchdog, {}).get("redeliveries"),
+        lambda: unkind_stack.stats()["functions"].get(watchdog, {}).get("redeliveries"),
         timeout_s=15,
     )
     assert counters >= 1
@@ -81,7 +81,7 @@ def test_mixed_hosts_give_workers_different_blas_kernels(unkind_stack: StackInfo
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(call, range(6)))  # three workers, each on a "host" of its own
-    hosts = stats(unkind_stack)["hosts"]
+    hosts = unkind_stack.stats()["hosts"]
     assert sum(hosts.values()) >= 3, hosts
     assert all(h.startswith("OPENBLAS_CORETYPE=") for h in hosts)
     echo = json.loads(

@@ -20,7 +20,6 @@ from embedded.invocations import (
     RuntimeConfig,
 )
 from embedded.stack import StackInfo
-from embedded.testing import stats
 from tests.support.stack_clients import client
 
 FIXTURES = "itsacat-fixtures"
@@ -34,7 +33,7 @@ def invoke(info: StackInfo, function: str, event: Any) -> tuple[dict[str, Any], 
 
 
 def counters(info: StackInfo, function: str) -> dict[str, Any]:
-    return stats(info)["functions"].get(f"{FIXTURES}-{function}", {})
+    return info.stats()["functions"].get(f"{FIXTURES}-{function}", {})
 
 
 # ---------------------------------------------------------------------- memory

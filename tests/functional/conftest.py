@@ -1,7 +1,17 @@
-"""The training flow over moto's in-process AWS, with the Lambda port faked in-process.
+"""Functional tier: the product's parts together, with AWS as moto in this process.
 
-Functional tier: the real adapters against in-memory AWS, the neuron function called
-directly (through the same JSON payloads), and `start()` of functions recorded.
+What these tests may use: the real adapters against moto's in-memory AWS (`mock_aws`; the
+`world` fixture below holds the training stack's tables, bucket, topic and a queue), the
+neuron function called directly through the same JSON payloads (`InProcessInvoker`) with
+`start()` of functions recorded, servers of their own on loopback (a picture or dataset
+server, a fake Lambda endpoint, in a thread), and the `itsacat` command as a subprocess.
+Not the real local stack (`embedded`, `itsacat up`) nor any network beyond loopback: those
+are the e2e, embedded, api and reliability tiers'.
+
+Held to here: a test module may not import `embedded`; during a test, a socket may connect
+or bind to loopback addresses only and names other than `localhost` are not looked up (so a
+boto3 client that missed moto fails instead of reaching AWS), and an attempt fails the test
+even if the code under test catches it. Subprocesses run outside these checks.
 """
 
 import json
@@ -21,6 +31,7 @@ from state.objects import ObjectStore
 from state.runs import RunStore
 from state.weights import WeightStore
 from tests.support.template import create_tables
+from tests.support.tiers import Guard, forbidden_imports, is_loopback
 from trainer_lambdas import neuron
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
@@ -28,6 +39,23 @@ from trainer_lambdas.invoker import Counters, LeaseLost
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, UploadedObject
 
 BUCKET = "itsacat-test"
+TIER = "functional"
+RULE = "see tests/functional/conftest.py; the real stack's tiers may"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _functional_imports(request: pytest.FixtureRequest) -> None:
+    found = forbidden_imports(request.path, ["embedded"])
+    if found:
+        pytest.fail(f"the {TIER} tier may not import {', '.join(found)} ({RULE})", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _functional_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
+    guard = Guard(TIER, RULE, monkeypatch)
+    guard.forbid_sockets(allow=is_loopback)
+    yield guard
+    guard.check()
 
 
 @dataclass
@@ -36,9 +64,6 @@ class FakeFunctions:
 
     def start(self, function: str, payload: dict[str, Any]) -> None:
         self.started.append((function, payload))
-
-    def call(self, function: str, payload: bytes) -> bytes:
-        raise AssertionError("the functional tier uses InProcessInvoker")
 
 
 class InProcessInvoker:

@@ -305,44 +305,43 @@ def test_choose_the_given_file_first(server: Server, tmp_path: Path, real: bytes
 
 def test_choose_a_missing_given_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
-        dataset_source.choose(str(tmp_path / "nope.h5"), tmp_path, None, print, shared=SHARED)
-
-
-def test_choose_the_shared_data_before_the_cache(
-    server: Server, tmp_path: Path, real: bytes
-) -> None:
-    home = tmp_path / "home"
-    dataset_fetch.fetch(server.url("/datasets.h5"), dataset_fetch.cache_dir(home))
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "datasets.h5").write_bytes(real)
-    said: list[str] = []
-    path, where = dataset_source.choose(None, home, server.url("/x"), said.append, shared=shared)
-    assert path == shared / "datasets.h5" and str(shared) in where
-    assert len(said) == 1 and "shared" in said[0]
-    assert server.requests == ["/datasets.h5"]  # only the fetch that filled the cache
+        dataset_source.choose(str(tmp_path / "nope.h5"), tmp_path, None, print)
 
 
 def test_choose_the_cache_before_a_download(server: Server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     dataset_fetch.fetch(server.url("/datasets.h5"), dataset_fetch.cache_dir(home))
     said: list[str] = []
-    empty = tmp_path / "no-shared"
-    empty.mkdir()
-    for shared in (None, empty):
-        path, where = dataset_source.choose(
-            None, home, server.url("/datasets.h5"), said.append, shared=shared
-        )
+    for _ in range(2):
+        path, where = dataset_source.choose(None, home, server.url("/datasets.h5"), said.append)
         assert path == dataset_fetch.cache_dir(home) / "datasets.h5" and where == "the cache"
     assert len(server.requests) == 1
     assert len(said) == 2 and all("cached" in line for line in said)
+
+
+def test_required_is_the_given_file_else_the_cache_else_one_line_saying_what_to_do(
+    server: Server, tmp_path: Path, real: bytes
+) -> None:
+    """What the benchmarks train on: nothing is downloaded, nothing beside the checkout."""
+    home = tmp_path / "home"
+    with pytest.raises(UserError) as e:
+        dataset_source.required(None, home)
+    assert "itsacat dataset fetch" in str(e.value) and "--dataset" in str(e.value)
+    assert "\n" not in str(e.value) and server.requests == []
+    with pytest.raises(UserError, match="no such file"):
+        dataset_source.required(str(tmp_path / "nope.h5"), home)
+    given = tmp_path / "mine.h5"
+    given.write_bytes(real)
+    assert dataset_source.required(str(given), home) == given
+    dataset_fetch.fetch(server.url("/datasets.h5"), dataset_fetch.cache_dir(home))
+    assert dataset_source.required(None, home) == dataset_fetch.cache_dir(home) / "datasets.h5"
 
 
 def test_choose_downloads_when_nothing_is_here(server: Server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     said: list[str] = []
     url = server.url("/datasets.h5")
-    path, where = dataset_source.choose(None, home, url, said.append, shared=None)
+    path, where = dataset_source.choose(None, home, url, said.append)
     assert path == dataset_fetch.cache_dir(home) / "datasets.h5"
     assert where == f"downloaded from {url}"
     assert server.requests == ["/datasets.h5"]
@@ -351,7 +350,7 @@ def test_choose_downloads_when_nothing_is_here(server: Server, tmp_path: Path) -
     shutil.rmtree(home)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(dataset_fetch.URL_VARIABLE, server.url("/no-length.h5"))
-        path, where = dataset_source.choose(None, home, None, said.append, shared=None)
+        path, where = dataset_source.choose(None, home, None, said.append)
     assert where == f"downloaded from {server.url('/no-length.h5')}"
     assert server.requests == ["/datasets.h5", "/no-length.h5"]
 
@@ -359,7 +358,7 @@ def test_choose_downloads_when_nothing_is_here(server: Server, tmp_path: Path) -
 def test_choose_the_stand_in_only_when_the_download_fails(server: Server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     said: list[str] = []
-    src = dataset_source.choose(None, home, server.url("/other.h5"), said.append, shared=None)
+    src = dataset_source.choose(None, home, server.url("/other.h5"), said.append)
     assert src.synthetic
     assert src.path == home / "demo-data" / "synthetic.h5"
     assert src.description.startswith("a generated stand-in (")
@@ -374,5 +373,5 @@ def test_choose_the_stand_in_only_when_the_download_fails(server: Server, tmp_pa
 def test_choose_without_a_network_says_why(tmp_path: Path) -> None:
     """No --url: the environment's URL (a closed port here) is tried, then the stand-in."""
     said: list[str] = []
-    src = dataset_source.choose(None, tmp_path / "home", None, said.append, shared=None)
+    src = dataset_source.choose(None, tmp_path / "home", None, said.append)
     assert src.synthetic and "Connection refused" in said[-1]

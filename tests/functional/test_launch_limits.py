@@ -174,6 +174,28 @@ def test_the_template_tells_the_launch_function_the_other_functions_memory() -> 
     assert Config.neuron_memory_mb == int(env["NEURON_MEMORY_MB"])
 
 
+def test_the_template_sets_the_neuron_invocations_a_trainer_keeps_in_flight() -> None:
+    template = package.load_template(ROOT / "templates" / "template.yaml")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["NEURON_CONCURRENCY"] == {"Ref": "FanoutConcurrency"}
+    default = template["Parameters"]["FanoutConcurrency"]["Default"]
+    assert Config.neuron_concurrency == default  # the figure when the variable is absent
+    required = {
+        name: "x"
+        for name in (
+            "ITSACAT_BUCKET",
+            "RUNS_TABLE",
+            "WEIGHTS_TABLE",
+            "COSTS_TABLE",
+            "IDEMPOTENCY_TABLE",
+            "TOPIC_ARN",
+            "TRAINER_FUNCTION",
+            "NEURON_FUNCTION",
+        )
+    }
+    assert Config.from_env({**required, "NEURON_CONCURRENCY": "7"}).neuron_concurrency == 7
+
+
 # ------------------------------------------------------------ the optimiser's state per row
 
 

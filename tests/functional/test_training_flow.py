@@ -9,7 +9,7 @@ import pytest
 
 from state.runs import FAILED, SUCCEEDED
 from tests.functional.conftest import InProcessInvoker, World
-from trainer_lambdas import datasets, fanout
+from trainer_lambdas import datasets, distributed_step
 from trainer_lambdas.coordinator import Coordinator
 from trainer_lambdas.launcher import Launcher
 from trainer_lambdas.nn import params as params_mod
@@ -353,7 +353,7 @@ def test_a_diverging_run_fails_at_once_saying_where(
     no retries (before: the cost row could not be stored, and the step was recomputed).
     The outputs are clipped, so the network itself rarely gets there: the step's cost is
     made NaN from the third step on."""
-    real_step = fanout.step
+    real_step = distributed_step.step
     steps = []
 
     def diverging(*args: Any, **kwargs: Any) -> Any:
@@ -361,7 +361,7 @@ def test_a_diverging_run_fails_at_once_saying_where(
         steps.append(1)
         return replace(result, cost=float("nan")) if len(steps) >= 3 else result
 
-    monkeypatch.setattr(fanout, "step", diverging)
+    monkeypatch.setattr(distributed_step, "step", diverging)
     run_id = launch(world, {**PARAMS, "epochs": 10})
     out = drive(world, run_id)  # returns: nothing for Lambda to retry
     assert out["outcome"] == "diverged"

@@ -1,4 +1,12 @@
-"""Fixtures of the reliability tests: a stack of their own, and the `itsacat` command.
+"""Reliability tier: runs under faults, kills and restarts, against the real embedded stack.
+
+What these tests may use: stacks of their own (`steady_stack` below, or one per module with
+injected faults), the `itsacat` command as a subprocess, SIGKILL of the stack's processes
+(`itsacat.bench.processes`); and, for the protocol's model-based tests (Hypothesis), the
+state adapters against moto in process, where thousands of interleavings must run fast.
+Not the internet nor AWS.
+
+Fixtures: a stack of their own, and the `itsacat` command.
 
 `steady_stack` (package scope) has no injected faults but a short lease (a trainer that dies
 loses its run after 4 s) and a watchdog sweep every 2 s, so that recovery is quick to watch.

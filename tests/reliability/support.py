@@ -22,7 +22,12 @@ import numpy as np
 
 from embedded.invocations import RuntimeConfig
 from embedded.stack import StackInfo, start, stop
-from embedded.testing import alive, descendants, kill9, workers_of  # noqa: F401 (re-exported)
+from itsacat.bench.processes import (  # noqa: F401 (re-exported)
+    alive,
+    descendants,
+    kill9,
+    workers_of,
+)
 from state.costs import CostStore
 from state.models import ModelStore
 from state.runs import ACTIVE, RunRecord, RunStore

@@ -1,5 +1,5 @@
 """`kill -9` of the trainer, the runtime and the emulator at random moments: every run ends
-SUCCEEDED with the reference's costs and parameters (`bench/chaos.py`, its own stack).
+SUCCEEDED with the reference's costs and parameters (`itsacat.bench.chaos`, its own stack).
 
 Also the relay's part of it: a batch whose invocation's fate is unknown (the runtime died
 under it) must not come back before that invocation's deadline, or the launch function's
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bench import chaos
 from embedded.functions import QueueSource
 from embedded.relay import Relay
+from itsacat.bench import chaos
 
 SEED = 1  # kills the runtime, the emulator and a trainer, at 23%, 45% and 40% of a run
 

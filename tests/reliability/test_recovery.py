@@ -16,7 +16,6 @@ from pathlib import Path
 
 from embedded.stack import StackInfo
 from embedded.stack import info as recorded
-from embedded.testing import wait_for
 from tests.reliability.conftest import itsacat
 from tests.reliability.support import (
     DATA,
@@ -28,6 +27,7 @@ from tests.reliability.support import (
     kill9,
     workers_of,
 )
+from tests.support.stack import wait_for
 from trainer_lambdas import datasets
 
 # long enough to be stopped in the middle, committing every step (the default is every 50)

@@ -46,7 +46,7 @@ def test_original_project_file_loads_unchanged() -> None:
 
 def test_round_trip_and_defaults() -> None:
     p = params.parse(base(seed=7, init="he", batch_size=32, fanout=4))
-    assert params.parse(p.to_json()) == p
+    assert p.neurons_per_invocation == 4 and params.parse(p.to_json()) == p
     d = params.default()
     assert d.neurons == (20, 7, 5, 1) and d.epochs == 2500
 
@@ -112,8 +112,48 @@ def test_first_layer_form_and_commit_every_defaults() -> None:
 
 
 def test_plan_key_defaults_to_fanout_and_accepts_hybrid() -> None:
-    assert params.parse(base()).plan == "fanout"
+    d = params.parse(base())
+    assert d.distribution == params.EVERY_LAYER_REMOTE == "fanout"
+    assert d.neurons_per_invocation == 1
     p = params.parse(base(plan="hybrid", fanout=4096, commit_every=10))
-    assert p.plan == "hybrid" and params.parse(p.to_json()) == p
+    assert p.distribution == params.FIRST_LAYER_REMOTE == "hybrid"
+    assert p.neurons_per_invocation == 4096 and params.parse(p.to_json()) == p
     with pytest.raises(params.ParameterError, match="'plan' must be one of fanout, hybrid"):
         params.parse(base(plan="layers"))
+
+
+def test_to_json_writes_the_keys_of_parameters_json() -> None:
+    """What is recorded for users (the run's params, model.json) keeps their keys."""
+    d = params.parse(base(plan="hybrid", fanout=8, **{"lambda": 0.5})).to_json()
+    assert (d["fanout"], d["plan"], d["lambda"]) == (8, "hybrid", 0.5)
+    assert not {"neurons_per_invocation", "distribution", "l2", "warnings"} & set(d)
+    assert list(d)[:2] == ["epochs", "layers"]
+
+
+def test_overrides_take_the_keys_of_parameters_json_and_ignore_none() -> None:
+    p = params.parse(base())
+    assert params.with_overrides(p) is p
+    assert params.with_overrides(p, epochs=None, fanout=None, plan=None) is p
+    q = params.with_overrides(p, epochs=3, fanout=2, plan="hybrid", commit_every=None)
+    assert (q.epochs, q.neurons_per_invocation, q.distribution) == (3, 2, "hybrid")
+    assert q.commit_every == p.commit_every and q.neurons == p.neurons
+    assert params.with_overrides(p, **{"lambda": 0.1}).l2 == 0.1
+
+
+def test_overrides_are_validated_as_a_parameters_file_is() -> None:
+    p = params.parse(base())
+    with pytest.raises(ParameterError, match=r"^parameters: 'epochs' must be from 1 to "):
+        params.with_overrides(p, epochs=0)
+    with pytest.raises(ParameterError, match="'plan' must be one of fanout, hybrid"):
+        params.with_overrides(p, plan="layers")
+    with pytest.raises(ParameterError, match="unknown key\\(s\\) 'neurons_per_invocation'"):
+        params.with_overrides(p, neurons_per_invocation=2)  # the internal name is no key
+
+
+def test_overrides_keep_warnings_and_switch_optimizers_cleanly() -> None:
+    p = params.loads(ORIGINAL)
+    assert params.with_overrides(p, epochs=5).warnings == p.warnings
+    adam = params.parse(base(optimizer="adam", beta2=0.99))
+    gd = params.with_overrides(adam, optimizer="gd")  # adam's betas go with it
+    assert gd.optimizer == "gd" and "beta2" not in gd.to_json()
+    assert params.with_overrides(adam, optimizer="momentum").beta1 == adam.beta1

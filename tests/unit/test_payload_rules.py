@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from trainer_lambdas.fanout import compute, rule_of
+from trainer_lambdas.distributed_step import compute, rule_of
 from trainer_lambdas.nn import neurons, optimizers
 from trainer_lambdas.nn import params as params_mod
 from trainer_lambdas.payloads import NeuronRequest, PayloadError

@@ -1,26 +1,26 @@
-"""The fan-out plan (pure) and the scatter-gather step against the vectorised network."""
+"""The invocation plan (pure) and the distributed step against the vectorised network."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from trainer_lambdas import fanout
-from trainer_lambdas.nn import network, optimizers
-from trainer_lambdas.nn import params as params_mod
-from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
-from trainer_lambdas.plan import (
+from trainer_lambdas import distributed_step
+from trainer_lambdas.invocation_plan import (
     Block,
+    blocks,
     deferred_blocks,
     invocations_per_commit,
     invocations_per_step,
     max_rows,
-    plan,
 )
+from trainer_lambdas.nn import network, optimizers
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.payloads import NeuronRequest, NeuronResponse
 
 
 def test_default_plan_is_one_neuron_per_invocation() -> None:
-    p = plan(12288, (20, 7, 5, 1), 1, 209)
+    p = blocks(12288, (20, 7, 5, 1), 1, 209)
     assert [len(layer) for layer in p] == [20, 7, 5, 1]
     assert p[0][3] == Block(1, 3, 4) and p[3] == [Block(4, 0, 1)]
     # 33 forward (the output neuron's with its backward pass), 20 backward (layer 1's);
@@ -31,29 +31,29 @@ def test_default_plan_is_one_neuron_per_invocation() -> None:
     # before each commit, one invocation per block of layers 2 and 3 settles their updates
     assert [len(x) for x in deferred_blocks(p)] == [0, 7, 5, 0]
     assert invocations_per_commit(p) == 12
-    # the hybrid plan's local layers defer nothing
-    assert invocations_per_commit(plan(12288, (20, 7, 5, 1), 1, 209, remote_layers=1)) == 0
+    # the hybrid distribution's local layers defer nothing
+    assert invocations_per_commit(blocks(12288, (20, 7, 5, 1), 1, 209, remote_layers=1)) == 0
 
 
-@pytest.mark.parametrize("fanout_k", [1, 2, 3, 7, 100])
-def test_blocks_cover_every_neuron_once_in_order(fanout_k: int) -> None:
-    for layer in plan(50, (20, 7, 5, 1), fanout_k, 30):
+@pytest.mark.parametrize("per_invocation", [1, 2, 3, 7, 100])
+def test_blocks_cover_every_neuron_once_in_order(per_invocation: int) -> None:
+    for layer in blocks(50, (20, 7, 5, 1), per_invocation, 30):
         rows = [r for blk in layer for r in range(blk.lo, blk.hi)]
         assert rows == list(range(layer[-1].hi))
-        assert all(0 < blk.size <= fanout_k for blk in layer)
+        assert all(0 < blk.size <= per_invocation for blk in layer)
 
 
 def test_one_invocation_per_layer_when_k_is_large() -> None:
-    assert [len(x) for x in plan(12288, (20, 7, 5, 1), 4096, 209)] == [1, 1, 1, 1]
+    assert [len(x) for x in blocks(12288, (20, 7, 5, 1), 4096, 209)] == [1, 1, 1, 1]
 
 
 def test_blocks_are_capped_to_stay_under_the_payload_limit() -> None:
     cap = max_rows(12288, 209)
     assert 10 < cap < 320  # a 320-wide first layer cannot go in one invocation
-    p = plan(12288, (320, 1), 4096, 209)
+    p = blocks(12288, (320, 1), 4096, 209)
     assert max(b.size for b in p[0]) == cap and sum(b.size for b in p[0]) == 320
     with pytest.raises(ValueError):
-        plan(10, (2, 1), 0, 5)
+        blocks(10, (2, 1), 0, 5)
 
 
 def direct(reqs):  # the neuron function, in-process, without the data cache
@@ -62,7 +62,7 @@ def direct(reqs):  # the neuron function, in-process, without the data cache
 
 def _direct(r: NeuronRequest) -> NeuronResponse:
     x, y = (X, Y) if r.indices is None else (X[:, r.indices], Y[:, r.indices])
-    return fanout.compute(r, r.a_prev if r.a_prev is not None else x, y)
+    return distributed_step.compute(r, r.a_prev if r.a_prev is not None else x, y)
 
 
 def assert_same_step(got, want) -> None:  # type: ignore[no-untyped-def]
@@ -90,15 +90,16 @@ def three_layers() -> list:
 def test_distributed_step_equals_the_network_step(k: int) -> None:
     acts = ("relu", "tanh", "sigmoid")
     weights = three_layers()
-    inputs = fanout.StepInputs("r", "k", acts, 0.1, Y, None)
-    p = plan(6, (5, 3, 1), k, 9)
-    got = fanout.step(weights, p, inputs, direct)
+    inputs = distributed_step.StepInputs("r", "k", acts, 0.1, Y, None)
+    p = blocks(6, (5, 3, 1), k, 9)
+    got = distributed_step.step(weights, p, inputs, direct)
     # layer 2's update is pending: its rows are still the old ones until it is settled
     assert list(got.deferred) == [1]
     assert np.array_equal(got.weights[1][0], weights[1][0])
-    settled, _ = fanout.settle(got.weights, got.deferred, p, inputs, direct)
+    settled, _ = distributed_step.settle(got.weights, got.deferred, p, inputs, direct)
     assert_same_step(
-        fanout.Step(got.cost, settled, {}, got.state), network.step(weights, acts, X, Y, 0.1)
+        distributed_step.Step(got.cost, settled, {}, got.state),
+        network.step(weights, acts, X, Y, 0.1),
     )
 
 
@@ -128,7 +129,7 @@ def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int, rul
             **RULES[rule],
         }
     )
-    p = plan(6, (5, 3, 2, 1), k, 9)
+    p = blocks(6, (5, 3, 2, 1), k, 9)
     sent: list[NeuronRequest] = []
 
     def recording(reqs):
@@ -141,18 +142,18 @@ def test_deferred_updates_over_several_steps_equal_the_network_steps(k: int, rul
     batches = [None, [0, 2, 4, 6, 8], [1, 3, 5, 7], None]
     for t, idx in enumerate(batches, start=1):
         cols = slice(None) if idx is None else idx
-        inputs = fanout.StepInputs(
+        inputs = distributed_step.StepInputs(
             "r", "k", acts, 0.1, Y[:, cols], idx, rule=None if rule == "gd" else params, t=t
         )
         cost, want, want_slots = network.train_step(
             want, want_slots, params, X[:, cols], Y[:, cols], t
         )
-        step = fanout.step(got, p, inputs, recording, deferred, state)
+        step = distributed_step.step(got, p, inputs, recording, deferred, state)
         assert step.cost == pytest.approx(cost, rel=1e-12)
         got, deferred, state = step.weights, step.deferred, step.state
     assert sorted(deferred or {}) == [1, 2]
-    settled, state = fanout.settle(got, deferred or {}, p, inputs, recording, state)
-    assert_same_step(fanout.Step(0.0, settled, {}, state), network.Step(0.0, want))
+    settled, state = distributed_step.settle(got, deferred or {}, p, inputs, recording, state)
+    assert_same_step(distributed_step.Step(0.0, settled, {}, state), network.Step(0.0, want))
     for got_slots, want_layer in zip(state.slots, want_slots, strict=True):
         for name in want_layer.names():
             np.testing.assert_allclose(
@@ -192,15 +193,17 @@ def test_payloads_round_trip_exactly() -> None:
 def test_hybrid_plan_fans_out_only_the_first_layer_and_equals_the_network_step(k: int) -> None:
     acts = ("relu", "tanh", "sigmoid")
     weights = three_layers()
-    p = plan(6, (5, 3, 1), k, 9, remote_layers=1)
-    assert [len(x) for x in p] == [len(plan(6, (5,), k, 9)[0]), 0, 0]
+    p = blocks(6, (5, 3, 1), k, 9, remote_layers=1)
+    assert [len(x) for x in p] == [len(blocks(6, (5,), k, 9)[0]), 0, 0]
     sent: list[NeuronRequest] = []
 
     def recording(reqs):
         sent.extend(reqs)
         return direct(reqs)
 
-    got = fanout.step(weights, p, fanout.StepInputs("r", "k", acts, 0.1, Y, None), recording)
+    got = distributed_step.step(
+        weights, p, distributed_step.StepInputs("r", "k", acts, 0.1, Y, None), recording
+    )
     want = network.step(weights, acts, X, Y, 0.1)
     assert {r.layer for r in sent} == {1}
     # the first layer's backward needs no weights, so none are sent
@@ -226,7 +229,7 @@ def test_a_layers_shared_input_is_encoded_once_and_identically() -> None:
 
 
 def test_a_network_whose_layer_inputs_cannot_fit_a_request_is_refused() -> None:
-    from trainer_lambdas.plan import check_inputs
+    from trainer_lambdas.invocation_plan import check_inputs
 
     check_inputs((20, 7, 5, 1), 209, "fanout")  # the cat network: 2 x 20 x 209 values
     with pytest.raises(ValueError, match=r"layer 2's requests would carry 5\.7 MB"):

@@ -2,11 +2,6 @@
 straight from the formulas (its own forward, backward, cost and updates: it takes only the
 data, the batch order and the initial weights from the project)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,7 +10,6 @@ from trainer_lambdas.nn import params, reference, schedule
 from trainer_lambdas.nn.init import initial_weights
 
 ACTS = ("relu", "tanh", "sigmoid")
-ITSACAT = [sys.executable, "-m", "itsacat.cli"]
 
 
 def independent_train(p: params.Parameters, x: np.ndarray, y: np.ndarray) -> tuple:
@@ -155,32 +149,3 @@ def test_the_epoch_cost_includes_the_l2_term_of_the_weights_before_each_update(d
     plain = reference.train(make_params("gd", 0.0, None), x, y, epochs=1)
     penalty = 0.8 / (2 * 40) * sum(float(np.sum(w * w)) for w, _ in w0)
     assert one.costs[0] == pytest.approx(plain.costs[0] + penalty, rel=1e-13)
-
-
-def test_itsacat_reference_accepts_the_new_keys(tmp_path: Path) -> None:
-    ds = datasets.synthesize(m_train=40, m_test=12, side=8, seed=11)
-    datasets.save(ds, tmp_path / "s.h5")
-    p = make_params("adam", 0.8, 16)
-    (tmp_path / "p.json").write_text(json.dumps({**p.to_json(), "epochs": 5}))
-    data, good = str(tmp_path / "s.h5"), str(tmp_path / "p.json")
-    out = subprocess.run(
-        [*ITSACAT, "reference", data, "--params", good, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
-    x, y = datasets.load(tmp_path / "s.h5").require_train().columns()
-    expected = reference.train(params.loads((tmp_path / "p.json").read_text()), x, y)
-    assert result["epochs"] == 5 and result["costs"] == expected.costs
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**p.to_json(), "optimizer": "momentum"}))  # beta2 with momentum
-    out = subprocess.run(
-        [*ITSACAT, "reference", data, "--params", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 2 and "'beta2' is used only by the adam optimizer" in out.stderr
-    assert "Traceback" not in out.stderr

@@ -14,7 +14,7 @@ forward pass then costs m * m_b multiply-adds instead of n_x * m_b, and its back
 (dW1 = dZ1 X^T / m_b, another n_x * m_b) needs no product at all: the layer's state is n1 x m
 numbers instead of n1 x n_x. For this network (n_x = 12,288 inputs, m = 209 examples) that is
 59 times fewer operations and bytes. The numbers are those of the primal trainer up to
-rounding (tested against the reference on every plan); W1 itself is rebuilt at the end.
+rounding (tested against the reference with both distributions); W1 itself is rebuilt at the end.
 
 The dual form pays when there are fewer examples than inputs and G is cheap enough to hold
 and to compute: `use_dual`. The launcher decides once per run and records it in the run

@@ -17,11 +17,18 @@ Regularisation and the optimiser (see `nn.optimizers` for the update rules):
     "epsilon"    > 0, default 1e-8: adam only
 A beta or epsilon key with an optimizer that does not use it is an error, not a silent
 no-op; `to_json` writes them only for the optimizers that use them.
+
+How a step is spread over Lambda invocations (see `trainer_lambdas.invocation_plan`); the
+keys keep their names, the fields say what they are:
+    "fanout"     neurons per neuron invocation, 1 to 4096 (default 1):
+                 `Parameters.neurons_per_invocation`
+    "plan"       "fanout" (default): every layer computed by neuron invocations; "hybrid":
+                 only layer 1, the trainer computes the others: `Parameters.distribution`
 """
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +38,13 @@ MAX_EPOCHS = 1_000_000
 MAX_LAYERS = 32
 MAX_NEURONS = 4096
 INITS = ("scaled", "he")
-# How a step is distributed: "fanout" fans every layer out to neuron invocations; "hybrid"
-# fans out only the first layer (the one that touches the 12,288 inputs) and the trainer
-# computes the small layers itself, with the same core functions.
-PLANS = ("fanout", "hybrid")
+# How a step's layers are distributed over invocations (`Parameters.distribution`, the
+# values of the key "plan"): every layer computed by neuron invocations, or only the first,
+# the one that touches the 12,288 inputs, the trainer computing the small layers itself with
+# the same core functions.
+EVERY_LAYER_REMOTE = "fanout"
+FIRST_LAYER_REMOTE = "hybrid"
+DISTRIBUTIONS = (EVERY_LAYER_REMOTE, FIRST_LAYER_REMOTE)
 # How the first layer's weights are held while training (see `nn.dual`): "dual" as
 # W0 + C X^T with C one coefficient per neuron and example, "primal" as W itself, "auto"
 # dual when that is cheaper (fewer examples than inputs, and a Gram matrix that fits).
@@ -53,9 +63,9 @@ KNOWN_KEYS = (
     "threshold",
     "seed",
     "init",
-    "fanout",
+    "fanout",  # Parameters.neurons_per_invocation
     "commit_every",
-    "plan",
+    "plan",  # Parameters.distribution
     "first_layer",
     "lambda",
     "optimizer",
@@ -64,6 +74,10 @@ KNOWN_KEYS = (
     "epsilon",
     *LEGACY_KEYS,
 )
+
+
+# The fields of `Parameters` whose key in parameters.json is another name.
+JSON_KEYS = {"neurons_per_invocation": "fanout", "distribution": "plan", "l2": "lambda"}
 
 
 class ParameterError(ValueError):
@@ -80,9 +94,9 @@ class Parameters:
     threshold: float = 0.0
     seed: int = 1
     init: str = "scaled"
-    fanout: int = 1
+    neurons_per_invocation: int = 1  # JSON key "fanout"
     commit_every: int = 50
-    plan: str = "fanout"
+    distribution: str = EVERY_LAYER_REMOTE  # JSON key "plan"
     first_layer: str = "auto"
     l2: float = 0.0  # JSON key "lambda"
     optimizer: str = "gd"
@@ -96,15 +110,13 @@ class Parameters:
         return len(self.neurons)
 
     def to_json(self) -> dict[str, Any]:
-        """The original format plus our keys: `parse(p.to_json()) == p`. L2 is written as
-        "lambda"; beta1, beta2 and epsilon only for the optimizers that use them."""
-        d = asdict(self)
-        d.pop("warnings")
-        d["layers"] = self.layers
+        """The original format plus our keys, under their names in parameters.json
+        (`JSON_KEYS`): `parse(p.to_json()) == p`. beta1, beta2 and epsilon are written only
+        for the optimizers that use them."""
+        d: dict[str, Any] = {"epochs": self.epochs, "layers": self.layers}  # its order
+        d.update((JSON_KEYS.get(k, k), v) for k, v in asdict(self).items() if k != "warnings")
         d["activations"] = {f"layer{i + 1}": g for i, g in enumerate(self.activations)}
         d["neurons"] = {f"layer{i + 1}": n for i, n in enumerate(self.neurons)}
-        d["lambda"] = d.pop("l2")
-        d["optimizer"] = d.pop("optimizer")  # keep the optimizer's keys together
         for key, users in OPTIMIZER_KEYS.items():
             value = d.pop(key)
             if self.optimizer in users:
@@ -129,6 +141,14 @@ def _unit_interval(d: dict, key: str, default: float) -> float:
     if not _is_number(v) or not 0 <= v < 1:
         raise ParameterError(f"parameters: '{key}' must be a number from 0 to below 1, got {v!r}")
     return float(v)
+
+
+def _choice(d: dict, key: str, choices: tuple[str, ...]) -> str:
+    """An optional name out of `choices`; the first is the default."""
+    v = d.get(key, choices[0])
+    if v not in choices:
+        raise ParameterError(f"parameters: '{key}' must be one of {', '.join(choices)}, got {v!r}")
+    return str(v)
 
 
 def _int(d: dict, key: str, default: int | None, lo: int, hi: int) -> int:
@@ -219,30 +239,17 @@ def parse(d: Any) -> Parameters:
             f"got {threshold!r}"
         )
     seed = _int(d, "seed", 1, 0, 2**32 - 1)
-    init = d.get("init", "scaled")
-    if init not in INITS:
-        raise ParameterError(f"parameters: 'init' must be one of {', '.join(INITS)}, got {init!r}")
-    fanout = _int(d, "fanout", 1, 1, MAX_NEURONS)
+    init = _choice(d, "init", INITS)
+    neurons_per_invocation = _int(d, "fanout", 1, 1, MAX_NEURONS)
     commit_every = _int(d, "commit_every", 50, 1, MAX_EPOCHS)
-    plan = d.get("plan", "fanout")
-    if plan not in PLANS:
-        raise ParameterError(f"parameters: 'plan' must be one of {', '.join(PLANS)}, got {plan!r}")
-    first_layer = d.get("first_layer", "auto")
-    if first_layer not in FIRST_LAYER_FORMS:
-        raise ParameterError(
-            f"parameters: 'first_layer' must be one of {', '.join(FIRST_LAYER_FORMS)}, "
-            f"got {first_layer!r}"
-        )
+    distribution = _choice(d, "plan", DISTRIBUTIONS)
+    first_layer = _choice(d, "first_layer", FIRST_LAYER_FORMS)
     l2 = d.get("lambda", 0)
     if not _is_number(l2) or l2 < 0:
         raise ParameterError(
             f"parameters: 'lambda' (L2 regularisation) must be a number >= 0 (0: none), got {l2!r}"
         )
-    optimizer = d.get("optimizer", "gd")
-    if optimizer not in OPTIMIZERS:
-        raise ParameterError(
-            f"parameters: 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
-        )
+    optimizer = _choice(d, "optimizer", OPTIMIZERS)
     beta1 = _unit_interval(d, "beta1", 0.9)
     beta2 = _unit_interval(d, "beta2", 0.999)
     epsilon = d.get("epsilon", 1e-8)
@@ -264,9 +271,9 @@ def parse(d: Any) -> Parameters:
         threshold=float(threshold),
         seed=seed,
         init=init,
-        fanout=fanout,
+        neurons_per_invocation=neurons_per_invocation,
         commit_every=commit_every,
-        plan=plan,
+        distribution=distribution,
         first_layer=first_layer,
         l2=float(l2),
         optimizer=optimizer,
@@ -275,6 +282,25 @@ def parse(d: Any) -> Parameters:
         epsilon=float(epsilon),
         warnings=warnings,
     )
+
+
+def with_overrides(p: Parameters, **overrides: Any) -> Parameters:
+    """`p` with some of its keys replaced, named as in parameters.json (`epochs=`,
+    `fanout=`, `plan=`, `commit_every=`; "lambda" as `**{"lambda": x}`), and validated as a
+    parameters file is, so a bad value or an unknown key raises the same `ParameterError`.
+    None values are ignored (an option not given). An optimiser's beta or epsilon that a
+    new `optimizer` does not use is dropped unless it is given too."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return p
+    d = p.to_json()
+    if "optimizer" in given:
+        for key, users in OPTIMIZER_KEYS.items():
+            if given["optimizer"] not in users:
+                d.pop(key, None)
+    d.update(given)
+    changed = parse(d)
+    return replace(changed, warnings=p.warnings + changed.warnings)
 
 
 def loads(text: str | bytes) -> Parameters:

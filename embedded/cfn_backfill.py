@@ -103,7 +103,7 @@ class Context:
         return bool(self.resolve(self.template.get("Conditions", {})[name]))
 
     def resolve(self, value: Any) -> Any:
-        """Resolve the intrinsic functions of `value` (those the template's gaps use)."""
+        """Resolve the intrinsic functions of `value` (those the backfilled resources use)."""
         if isinstance(value, list):
             items = [self.resolve(v) for v in value]
             return [v for v in items if v is not NO_VALUE]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from itsacat import background, dataset_fetch, notebook
+from itsacat.errors import UserError
 from trainer_lambdas import datasets
 
 PRODUCTION = {"run_id": "run-a", "stage": "production", "test_accuracy": 0.7, "epochs": 10}
@@ -128,11 +129,10 @@ def test_a_verdict_that_failed_shows_its_status_and_code() -> None:
     assert notebook._verdict(200, {"label": "cat", "probability": 0.25}) == "cat (p(cat) 0.250)"
 
 
-def test_default_dataset_prefers_shared_then_the_cache_then_a_stand_in(
+def test_default_dataset_is_the_cache_else_a_stand_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shared, home = tmp_path / "shared", tmp_path / "home"
-    monkeypatch.setattr(notebook, "SHARED_DATA", shared)
+    home = tmp_path / "home"
     small = datasets.synthesize(m_train=6, m_test=2, side=4, seed=1)
     monkeypatch.setattr(datasets, "synthesize", lambda: small)  # the stand-in, made quickly
     stand_in = notebook.default_dataset(home)
@@ -141,28 +141,32 @@ def test_default_dataset_prefers_shared_then_the_cache_then_a_stand_in(
     cached = home / "datasets" / "datasets.h5"
     monkeypatch.setattr(dataset_fetch, "cached", lambda h: cached if h == home else None)
     assert notebook.default_dataset(home) == cached
-    shared.mkdir()
-    (shared / "datasets.h5").write_bytes(b"x")
-    assert notebook.default_dataset(home) == shared / "datasets.h5"
 
 
-def test_pictures_from_the_test_set_without_the_shared_photos(
+def test_pictures_from_the_test_set_or_a_folder_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notebook, "SHARED_DATA", tmp_path / "nothing")
     monkeypatch.setenv("ITSACAT_HOME", str(tmp_path / "home"))
     data = tmp_path / "d.h5"
     datasets.save(datasets.synthesize(m_train=3, m_test=3, side=4, seed=2), data)
     folder, names = notebook.pictures(data)
+    assert folder == tmp_path / "home" / "notebook-pictures"
     assert len(names) == 3 and all(n.startswith("sample") for n in names)
     assert Image.open(folder / names[0]).size == (256, 256)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("b.JPG", "a.png", "notes.txt"):
+        (mine / name).write_bytes(b"")
+    assert notebook.pictures(data, images=mine) == (mine, ["a.png", "b.JPG"])
+    with pytest.raises(UserError, match="no such folder"):
+        notebook.pictures(data, images=tmp_path / "nothing")
 
 
 def test_parameters_take_the_plan_and_its_fanout() -> None:
     p = notebook.parameters(7, "hybrid")
-    assert (p.epochs, p.plan, p.fanout) == (7, "hybrid", 4096)
+    assert (p.epochs, p.distribution, p.neurons_per_invocation) == (7, "hybrid", 4096)
     d = notebook.parameters(None, "fanout")
-    assert d.plan == "fanout" and d.fanout == 1 and d.epochs == 2500
+    assert d.distribution == "fanout" and d.neurons_per_invocation == 1 and d.epochs == 2500
 
 
 def test_stop_all_with_names_stops_only_those(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The default network on the cat data with each optimiser, through the embedded stack.
 
-`make bench-optimizers` (or `.venv/bin/python bench/optimizers.py --dataset PATH`) starts a
+`make bench-optimizers` (or `python -m itsacat.bench.optimizers [--dataset PATH]`) starts a
 fresh embedded stack in a temporary home, trains one run per configuration below with the
 default parameters otherwise (12288-20-7-5-1, 2,500 epochs, full batch, the default plan),
 each checked against the single-process reference trainer's costs, and writes
@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from itsacat.bench.plans import embedded_stack
+from itsacat.dataset_source import required
+from itsacat.errors import UserError
+from itsacat.runview import Runs
+from itsacat.uploads import upload_dataset
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn.params import with_overrides
 
-from itsacat.bench import embedded_stack  # noqa: E402
-from itsacat.runview import Runs  # noqa: E402
-from itsacat.uploads import upload_dataset  # noqa: E402
-from trainer_lambdas.nn import params as params_mod  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "gd": {},
@@ -54,27 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dataset",
-        default=str(ROOT.parent / "shared" / "data" / "datasets.h5"),
-        help="the cat data (default ../shared/data/datasets.h5; `itsacat dataset fetch`)",
+        help="the cat data (default: the copy `itsacat dataset fetch` cached under $ITSACAT_HOME)",
     )
     parser.add_argument("--epochs", type=int, help="fewer epochs (a quick look)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-    dataset = Path(args.dataset)
-    if not dataset.is_file():
-        print(f"optimizers: no dataset at {dataset} (--dataset PATH)", file=sys.stderr)
+    try:
+        dataset = required(args.dataset)
+    except UserError as e:
+        print(f"optimizers: {e}", file=sys.stderr)
         return 2
-    defaults = params_mod.default().to_json()
+    defaults = params_mod.default()
     rows = []
     with embedded_stack() as info:
         env = info.env()
         runs = Runs(env)
         tmp = Path(info.home)
         for name, over in CONFIGS.items():
-            d = {**defaults, **over}
-            if args.epochs:
-                d["epochs"] = args.epochs
-            params = params_mod.parse(d)
+            params = with_overrides(defaults, epochs=args.epochs, **over)
             print(f"{name}: training {params.epochs} epochs ...", file=sys.stderr, flush=True)
             began = time.monotonic()
             run_id, _ = upload_dataset(env, dataset, params)

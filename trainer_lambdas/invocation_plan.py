@@ -1,10 +1,12 @@
-"""The fan-out plan: which blocks of neurons each invocation computes. Pure, no AWS.
+"""The invocation plan: which block of neurons each neuron invocation computes. Pure, no AWS.
 
-`fanout` k puts k consecutive neurons of a layer in one invocation (k = 1: one neuron per
-invocation, the default). The `hybrid` plan fans out only the first `remote_layers` layers:
-the other layers get no blocks, and the trainer computes them itself. Blocks are capped so
-that a request or response stays under Lambda's 6 MB synchronous payload limit (a block's
-weight gradient is rows x inputs float64 values, hex-encoded).
+`neurons_per_invocation` k (the "fanout" key of parameters.json) puts k consecutive neurons
+of a layer in one invocation (k = 1: one neuron per invocation, the default). A run's
+`distribution` (the "plan" key) says which layers invocations compute at all, the remote
+ones: every layer ("fanout"), or only the first ("hybrid"); the other layers get no blocks,
+and the trainer computes them itself. Blocks are capped so that a request or response stays
+under Lambda's 6 MB synchronous payload limit (a block's weight gradient is rows x inputs
+float64 values, hex-encoded).
 
 The budget of one request: its block's own arrays (`max_rows`: at most ARRAY_BUDGET) plus
 the inputs every block of its layer gets whole (`shared_bytes`: at most ARRAY_BUDGET, which
@@ -14,6 +16,8 @@ budgets together never pass the limit.
 """
 
 from dataclasses import dataclass
+
+from trainer_lambdas.nn.params import FIRST_LAYER_REMOTE
 
 PAYLOAD_LIMIT = 6 * 1024 * 1024
 # What the arrays of one block may take, and what the inputs its layer's requests share may.
@@ -68,21 +72,28 @@ def max_rows(n_prev: int, m: int, shared: int = 0) -> int:
     return max(1, int(own // row_bytes(n_prev, m)))
 
 
-def plan(
-    n_x: int, neurons: tuple[int, ...], fanout: int, m: int, remote_layers: int | None = None
+def blocks(
+    n_x: int,
+    neurons: tuple[int, ...],
+    neurons_per_invocation: int,
+    m: int,
+    remote_layers: int | None = None,
 ) -> list[list[Block]]:
     """For each layer, its blocks in order; together they cover every neuron exactly once.
 
     Layers after the first `remote_layers` (None: all are remote) have no blocks: local.
     """
-    if fanout < 1:
-        raise ValueError(f"fanout must be >= 1, got {fanout}")
+    if neurons_per_invocation < 1:
+        raise ValueError(f"neurons_per_invocation must be >= 1, got {neurons_per_invocation}")
     if remote_layers is not None and remote_layers < 1:
         raise ValueError(f"remote_layers must be >= 1, got {remote_layers}")
     layers: list[list[Block]] = []
     n_prev = n_x
     for layer, n in enumerate(neurons, start=1):
-        k = min(fanout, max_rows(n_prev, m, shared_bytes(layer, len(neurons), n_prev, m)))
+        k = min(
+            neurons_per_invocation,
+            max_rows(n_prev, m, shared_bytes(layer, len(neurons), n_prev, m)),
+        )
         if remote_layers is not None and layer > remote_layers:
             layers.append([])
             n_prev = n
@@ -92,13 +103,15 @@ def plan(
     return layers
 
 
-def check_inputs(neurons: tuple[int, ...], m: int, kind: str, n_x: int | None = None) -> None:
-    """Raise ValueError when a fanned-out layer's requests cannot fit Lambda's payload
+def check_inputs(
+    neurons: tuple[int, ...], m: int, distribution: str, n_x: int | None = None
+) -> None:
+    """Raise ValueError when a remote layer's requests cannot fit Lambda's payload
     limit whatever their blocks: a layer after the first gets its input whole, and a hidden
     one also the input of the step before (its deferred update), m values per input row;
     those inputs may take ARRAY_BUDGET, and with one row of the block's own arrays and the
     JSON they must fit PAYLOAD_LIMIT. (`n_x`: the first layer is checked too.)"""
-    remote = 1 if kind == "hybrid" else len(neurons)  # hybrid: only layer 1 fans out
+    remote = _remote_layers(distribution) or len(neurons)
     widths = ([] if n_x is None else [(1, n_x)]) + [
         (i + 1, neurons[i - 1]) for i in range(1, remote)
     ]
@@ -118,40 +131,48 @@ def check_inputs(neurons: tuple[int, ...], m: int, kind: str, n_x: int | None = 
                 f"({n_prev} inputs, a batch of {m} examples), over Lambda's "
                 f"{PAYLOAD_LIMIT // 2**20} MB payload limit: use a smaller batch_size"
                 + (f", fewer neurons in layer {layer - 1}" if layer > 1 else "")
-                + ("" if layer == 1 or kind == "hybrid" else " or the 'hybrid' plan")
+                + ("" if layer == 1 else " or the 'hybrid' plan")
             )
 
 
-def backward_blocks(p: list[list[Block]], dual: bool) -> list[list[Block]]:
+def backward_blocks(plan: list[list[Block]], dual: bool) -> list[list[Block]]:
     """The blocks invoked backward in every step: only the first layer's, and only in the
     primal form. The first layer's backward pass in the dual form is dZ1 / m, which the
     trainer does itself (`nn.dual`); the output layer's blocks do theirs in their forward
     invocation, and the other layers' blocks do theirs in their next forward invocation
-    (`fanout.step`)."""
-    return [blocks if i == 0 and not dual else [] for i, blocks in enumerate(p)]
+    (`distributed_step.step`)."""
+    return [layer if i == 0 and not dual else [] for i, layer in enumerate(plan)]
 
 
-def deferred_blocks(p: list[list[Block]]) -> list[list[Block]]:
+def deferred_blocks(plan: list[list[Block]]) -> list[list[Block]]:
     """The blocks that apply their update one step late, in their next forward invocation:
     those of the layers between the first and the output layer. Before each commit,
-    `fanout.settle` invokes each of them once, in one wave, for the update still pending."""
-    last = len(p) - 1
-    return [blocks if 0 < i < last else [] for i, blocks in enumerate(p)]
+    `distributed_step.settle` invokes each of them once, in one wave, for the update still
+    pending."""
+    last = len(plan) - 1
+    return [layer if 0 < i < last else [] for i, layer in enumerate(plan)]
 
 
-def invocations_per_step(p: list[list[Block]], dual: bool = False) -> int:
+def invocations_per_step(plan: list[list[Block]], dual: bool = False) -> int:
     """Forward, every block once; backward, every block of `backward_blocks` once (a
     commit adds `invocations_per_commit`)."""
-    return sum(len(b) for b in p) + sum(len(b) for b in backward_blocks(p, dual))
+    return sum(len(b) for b in plan) + sum(len(b) for b in backward_blocks(plan, dual))
 
 
-def invocations_per_commit(p: list[list[Block]]) -> int:
-    """The invocations of `fanout.settle` before a commit: every deferred block once."""
-    return sum(len(b) for b in deferred_blocks(p))
+def invocations_per_commit(plan: list[list[Block]]) -> int:
+    """The invocations of `distributed_step.settle` before a commit: every deferred block
+    once."""
+    return sum(len(b) for b in deferred_blocks(plan))
 
 
-def for_params(
-    n_x: int, neurons: tuple[int, ...], fanout: int, m: int, kind: str
+def _remote_layers(distribution: str) -> int | None:
+    """How many layers, from the first, neuron invocations compute (None: all)."""
+    return 1 if distribution == FIRST_LAYER_REMOTE else None
+
+
+def for_run(
+    n_x: int, neurons: tuple[int, ...], neurons_per_invocation: int, m: int, distribution: str
 ) -> list[list[Block]]:
-    """The plan a run's parameters ask for (`plan`: "fanout" or "hybrid")."""
-    return plan(n_x, neurons, fanout, m, remote_layers=1 if kind == "hybrid" else None)
+    """The blocks a run's parameters ask for (`Parameters.distribution`: "fanout", every
+    layer remote, or "hybrid", the first only)."""
+    return blocks(n_x, neurons, neurons_per_invocation, m, _remote_layers(distribution))

@@ -17,7 +17,7 @@ what changes is that a step needs no backward wave for those layers: 4 waves per
 instead of 6 for a 4-layer network. The updates still pending after a step (`Step.deferred`)
 are applied by `settle`, one wave of backward invocations, before the weights are stored.
 
-A layer without blocks (the `hybrid` plan's small layers) is computed here, by the same
+A layer without blocks (the small layers of the `hybrid` distribution) is computed here, by the same
 core functions on the whole layer, so the numbers do not depend on where it ran. Backward
 requests carry no weights: a block's gradients do not use them.
 
@@ -46,13 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from trainer_lambdas.invocation_plan import Block
 from trainer_lambdas.nn import dual, neurons, optimizers
 from trainer_lambdas.nn.cost import cross_entropy, cross_entropy_grad
 from trainer_lambdas.nn.network import Weights
 from trainer_lambdas.nn.optimizers import Slots
 from trainer_lambdas.nn.params import Parameters
 from trainer_lambdas.payloads import NeuronRequest, NeuronResponse, PayloadError
-from trainer_lambdas.plan import Block
 
 Invoker = Callable[[Sequence[NeuronRequest]], list[NeuronResponse]]
 
@@ -134,7 +134,7 @@ def step(
     deferred: Deferred | None = None,
     state: OptimiserState | None = None,
 ) -> Step:
-    """One forward/backward/update over the plan's blocks; with `settle`, equals
+    """One forward/backward/update over the invocation plan's blocks; with `settle`, equals
     `network.train_step`. `deferred`: the previous step's pending updates, which the
     layers' blocks apply in this step's forward invocations; `state`: the optimiser's, as
     of `weights` (None: the initial one)."""

@@ -1,4 +1,5 @@
-"""`itsacat bench`: every fan-out plan against the reference trainer, in one run, counted.
+"""`itsacat bench`: every named plan (how a step's layers are distributed over neuron
+invocations) against the reference trainer, in one run, counted.
 
 One benchmark starts its own embedded stack (in a temporary `ITSACAT_HOME`, schedules off,
 so nothing but the runs under test makes requests), trains the same network with the
@@ -13,7 +14,10 @@ For each plan it measures, from the run itself:
   (the runtime's counters at `/itsacat/stats`), and the AWS requests the functions made,
   by service and operation, with the bytes they moved (the emulator's counters at
   `/_itsacat/requests`).
-The AWS projection (`itsacat.projection`) turns those counts into time and dollars.
+The AWS projection (`itsacat.bench.projection`) turns those counts into time and dollars.
+
+`python -m itsacat.bench.plans DATASET PARAMS_JSON` is the reference's timing in a process
+of its own (`reference_subprocess`), with the BLAS threads it was started with.
 """
 
 from __future__ import annotations
@@ -36,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from itsacat import projection
+from itsacat.bench import projection
+from trainer_lambdas.nn.params import (
+    EVERY_LAYER_REMOTE,
+    FIRST_LAYER_REMOTE,
+    MAX_NEURONS,
+    Parameters,
+    with_overrides,
+)
 
 NETWORK_EPOCHS = 2500  # the default parameters' epochs: the projected run
 POLL_S = 0.25  # how often the bench reads the run record while a plan trains
@@ -44,24 +55,30 @@ POLL_S = 0.25  # how often the bench reads the run record while a plan trains
 
 @dataclass(frozen=True)
 class PlanSpec:
-    """A named fan-out plan: the parameters it sets on top of the run's."""
+    """A named plan: the parameters it sets on top of the run's."""
 
     name: str
-    fanout: int
-    plan: str = "fanout"
+    neurons_per_invocation: int
+    distribution: str = EVERY_LAYER_REMOTE  # or FIRST_LAYER_REMOTE: layer 1 only
     commit_every: int = 50  # the default
 
-    def overrides(self) -> dict[str, Any]:
-        return {"fanout": self.fanout, "plan": self.plan, "commit_every": self.commit_every}
+    def apply(self, params: Parameters, commit_every: int | None = None) -> Parameters:
+        """`params` with this plan (and `commit_every` instead of the plan's, if given)."""
+        return with_overrides(
+            params,
+            fanout=self.neurons_per_invocation,
+            plan=self.distribution,
+            commit_every=commit_every if commit_every is not None else self.commit_every,
+        )
 
 
 PLANS: dict[str, PlanSpec] = {
     p.name: p
     for p in (
-        PlanSpec("neuron", fanout=1),  # the default: one neuron per invocation
-        PlanSpec("block4", fanout=4),
-        PlanSpec("layer", fanout=4096),  # one invocation per layer
-        PlanSpec("hybrid", fanout=4096, plan="hybrid"),  # layer 1 only
+        PlanSpec("neuron", neurons_per_invocation=1),  # the default
+        PlanSpec("block4", neurons_per_invocation=4),
+        PlanSpec("layer", neurons_per_invocation=MAX_NEURONS),  # one invocation per layer
+        PlanSpec("hybrid", neurons_per_invocation=MAX_NEURONS, distribution=FIRST_LAYER_REMOTE),
     )
 }
 
@@ -186,7 +203,7 @@ def reference_subprocess(
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
     out = subprocess.run(
-        [sys.executable, "-m", "itsacat.bench", str(dataset), json.dumps(params)],
+        [sys.executable, "-m", "itsacat.bench.plans", str(dataset), json.dumps(params)],
         env=env,
         capture_output=True,
         check=True,
@@ -296,16 +313,16 @@ def _network_blocks(
     n_x: int, p: Any, m: int, in_dual: bool
 ) -> tuple[list[int], list[int], int, int]:
     """Blocks per layer invoked forward and backward in every step, and the invocations
-    per step and per commit (`fanout.settle`), for a run whose first layer is (`in_dual`) or
-    is not in the dual form."""
-    from trainer_lambdas import plan
+    per step and per commit (`distributed_step.settle`), for a run whose first layer is
+    (`in_dual`) or is not in the dual form."""
+    from trainer_lambdas import invocation_plan
 
-    blocks = plan.for_params(n_x, p.neurons, p.fanout, m, p.plan)
+    blocks = invocation_plan.for_run(n_x, p.neurons, p.neurons_per_invocation, m, p.distribution)
     return (
         [len(layer) for layer in blocks],
-        [len(layer) for layer in plan.backward_blocks(blocks, in_dual)],
-        plan.invocations_per_step(blocks, in_dual),
-        plan.invocations_per_commit(blocks),
+        [len(layer) for layer in invocation_plan.backward_blocks(blocks, in_dual)],
+        invocation_plan.invocations_per_step(blocks, in_dual),
+        invocation_plan.invocations_per_commit(blocks),
     )
 
 
@@ -322,14 +339,15 @@ def bench(
     from itsacat.inputs import load_dataset, load_params
     from trainer_lambdas.nn import params as params_mod
 
-    base = load_params(params_file, epochs=epochs).to_json()
-    if neurons1 is not None:
-        base["neurons"] = {**base["neurons"], "layer1": neurons1}
+    base = load_params(params_file, epochs=epochs)
+    if neurons1 is not None:  # the network itself, not an override of how it is trained
+        d = base.to_json()
+        base = params_mod.parse({**d, "neurons": {**d["neurons"], "layer1": neurons1}})
     ds = load_dataset(str(dataset))
     x, y = ds.require_train().columns()
     log(f"reference: {epochs} epochs in-process, and in a process with one BLAS thread ...")
-    ref_default, ref_costs = reference_run(params_mod.parse(base), x, y)
-    ref_single, _ = reference_subprocess(base, dataset, 1)
+    ref_default, ref_costs = reference_run(base, x, y)
+    ref_single, _ = reference_subprocess(base.to_json(), dataset, 1)
     # The faster of the two is the reference: ratios are never flattered by a slow one.
     ref = min(ref_default, ref_single)
     log(
@@ -345,11 +363,7 @@ def bench(
     with embedded_stack() as info:
         env = info.env()
         for name in plans:
-            spec = PLANS[name]
-            over = spec.overrides()
-            if commit_every is not None:
-                over["commit_every"] = commit_every
-            p = params_mod.parse({**base, **over})
+            p = PLANS[name].apply(base, commit_every)
             log(f"plan {name}: {epochs} epochs on the embedded stack ...")
             r = run_plan(env, (info.lambda_url, info.emulator_url), dataset, p, log)
             in_dual = r["first_layer"] == "dual"  # as the launcher decided for the run
@@ -375,7 +389,8 @@ def bench(
                 execution_s=r["execution_ms"] / 1000,
                 requests={k: v for k, v in r["requests_per_epoch"].items() if k != "lambda:Invoke"},
                 storage_bytes=r["storage_bytes_per_epoch"],
-                local_s=ref if p.plan == "hybrid" else 0.0,  # an upper bound: the whole net
+                # the trainer's own layers: at most the whole network
+                local_s=ref if p.distribution == FIRST_LAYER_REMOTE else 0.0,
                 weight_wru_per_commit=projection.weight_wru(
                     int(x.shape[1] if in_dual else x.shape[0]), p.neurons
                 ),
@@ -513,7 +528,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _reference_main(argv: list[str]) -> int:
-    """`python -m itsacat.bench DATASET PARAMS_JSON`: the reference's timing as JSON."""
+    """`python -m itsacat.bench.plans DATASET PARAMS_JSON`: the reference's timing as JSON."""
     from trainer_lambdas import datasets
     from trainer_lambdas.nn import params as params_mod
 

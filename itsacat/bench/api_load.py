@@ -18,8 +18,8 @@ What it does, all on 127.0.0.x and bounded in time:
 `itsacat serve` runs here without its 429 limits (`--concurrency 0 --rate 0`): this measures
 the API's code, not the throttle (tests/api/test_api_limits.py tests that).
 
-    python bench/api_load.py [--clients 50] [--requests 2000] [--hostile-clients 10]
-                             [--out bench/results] [--json]
+    python -m itsacat.bench.api_load [--clients 50] [--requests 2000] [--hostile-clients 10]
+                                     [--out bench/results] [--json]
 
 Exits 1 if any ordinary request got a 5xx or failed to connect, or a hostile one got a 500;
 everything it started is stopped.
@@ -50,16 +50,13 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from chalice_app.chalicelib.config import MAX_BODY_BYTES, Settings  # noqa: E402
-from embedded.invocations import RuntimeConfig  # noqa: E402
-from embedded.stack import start, stop  # noqa: E402
-from state.models import ModelStore  # noqa: E402
-from trainer_lambdas import datasets  # noqa: E402
-from trainer_lambdas.nn import params as params_mod  # noqa: E402
-from trainer_lambdas.nn import reference  # noqa: E402
+from embedded.invocations import RuntimeConfig
+from embedded.stack import start, stop
+from itsacat.commands.serve import chalicelib
+from state.models import ModelStore
+from trainer_lambdas import datasets
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn import reference
 
 PICTURE_HOST = "127.0.0.2"
 HOSTILE = (
@@ -384,7 +381,8 @@ def drive_mixed(
     ordinary: tuple[list[float], Counter[str]] = ([], Counter())
     hostile: tuple[list[float], Counter[str]] = ([], Counter())
     hostile_kinds: Counter[str] = Counter()
-    oversized = b"\xff" * (min(Settings().max_bytes, MAX_BODY_BYTES) + 1)
+    config = chalicelib("config")  # the API's own limits
+    oversized = b"\xff" * (min(config.Settings().max_bytes, config.MAX_BODY_BYTES) + 1)
     bomb = bomb_png()
     trickle = quote(f"http://{PICTURE_HOST}:{trickle_port}/slow.png", safe="")
 
@@ -440,15 +438,15 @@ def drive_mixed(
     ordinary_seconds = time.perf_counter() - began - 1.0
     for t in threads[:hostile_clients]:
         t.join()
-    out = {
+    summary = _summary(*ordinary)
+    summary["throughput_rps"] = round(len(ordinary[0]) / ordinary_seconds, 1)
+    return {
         "clients": clients,
         "hostile_clients": hostile_clients,
         "seconds": round(ordinary_seconds, 3),
-        "ordinary": _summary(*ordinary),
+        "ordinary": summary,
         "hostile": {**_summary(*hostile), "kinds": dict(sorted(hostile_kinds.items()))},
     }
-    out["ordinary"]["throughput_rps"] = round(len(ordinary[0]) / ordinary_seconds, 1)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"hostile status {h['status']}"
             )
     mixed = report.get("mixed")
-    bad_mixed = bool(mixed) and bool(
+    bad_mixed = mixed is not None and bool(
         mixed["ordinary"]["5xx"] or mixed["ordinary"]["failed"] or mixed["hostile"]["500"]
     )
     return 1 if report["5xx"] or report["failed"] or bad_mixed else 0

@@ -21,7 +21,7 @@ waits for the run to end and compares its per-epoch costs with `itsacat referenc
 and its final parameters with the same reference trainer's (relative 1e-9). One line per
 round; the exit status is 1 if any round did not end SUCCEEDED with the reference's numbers.
 
-    python bench/chaos.py [--rounds 10] [--seed 1] [--time-scale 1/30] [--home DIR]
+    python -m itsacat.bench.chaos [--rounds 10] [--seed 1] [--time-scale 1/30] [--home DIR]
 """
 
 from __future__ import annotations
@@ -48,19 +48,19 @@ import boto3
 import numpy as np
 from botocore.config import Config
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+from embedded.stack import StackInfo
+from embedded.stack import info as recorded
+from itsacat.bench.processes import alive, descendants, kill9, workers_of
+from itsacat.commands.stack import fraction
+from itsacat.uploads import run_id_of
+from state.costs import CostStore
+from state.models import ModelStore
+from state.runs import ACTIVE, RunStore
+from trainer_lambdas import datasets
+from trainer_lambdas.nn import params as params_mod
+from trainer_lambdas.nn import reference
 
-from embedded.stack import StackInfo  # noqa: E402
-from embedded.stack import info as recorded  # noqa: E402
-from embedded.testing import alive, descendants, kill9, workers_of  # noqa: E402
-from itsacat.commands.stack import fraction  # noqa: E402
-from state.costs import CostStore  # noqa: E402
-from state.models import ModelStore  # noqa: E402
-from state.runs import ACTIVE, RunStore  # noqa: E402
-from trainer_lambdas import datasets  # noqa: E402
-from trainer_lambdas.nn import params as params_mod  # noqa: E402
-from trainer_lambdas.nn import reference  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 KINDS = ("trainer", "runtime", "emulator")
 RTOL = 1e-9
@@ -258,26 +258,25 @@ class Chaos:
             raise RuntimeError("`itsacat reference` and the reference trainer disagree")
         self.ref_weights = [(np.asarray(w), np.asarray(b)) for w, b in result.weights]
 
-    def upload(self, name: str) -> str:
-        """parameters.json, then datasets.h5, into a fresh folder: the dataset's key."""
+    def upload(self, name: str) -> tuple[str, str]:
+        """parameters.json, then datasets.h5, into a fresh folder: the dataset's key, and
+        the id the launch function gives its run (from the version S3 gave it)."""
         folder = f"training_input/{name}-{uuid.uuid4().hex[:8]}"
         self.s3.put_object(
             Bucket=self.bucket, Key=f"{folder}/parameters.json", Body=json.dumps(self.params)
         )
         key = f"{folder}/datasets.h5"
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=datasets.to_bytes(DATA))
-        return key
+        out = self.s3.put_object(Bucket=self.bucket, Key=key, Body=datasets.to_bytes(DATA))
+        return key, run_id_of(self.bucket, key, out["VersionId"])
 
-    def run_for(self, key: str, timeout_s: float = 60) -> str | None:
-        """The run the upload at `key` started, None if none appeared within `timeout_s`."""
+    def appeared(self, run_id: str, timeout_s: float = 60) -> bool:
+        """Whether the launch function recorded `run_id` within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):  # the emulator may be gone for a moment
-                for run in self.runs.all():
-                    if field_of(run, "dataset", {}).get("key") == key:
-                        return str(run.run_id)
+            if self.exists(run_id):  # (the emulator may be gone for a moment)
+                return True
             time.sleep(0.1)
-        return None
+        return False
 
     def uploaded(self, key: str) -> bool:
         try:
@@ -330,8 +329,8 @@ class Chaos:
         """An uninterrupted run: it must equal the reference; its duration scales the kills."""
         outcome = Outcome(index=0, kind="nothing")
         began = time.monotonic()
-        run_id = self.run_for(self.upload("chaos-calibration"))
-        if run_id is None:
+        _, run_id = self.upload("chaos-calibration")
+        if not self.appeared(run_id):
             raise RuntimeError("the calibration run did not start")
         run = self.wait(run_id, self.round_timeout_s)
         self.duration_s = outcome.seconds = time.monotonic() - began
@@ -386,36 +385,30 @@ class Chaos:
         """Upload, wait `moment` x the calibrated duration, kill, recover, wait, check."""
         outcome = Outcome(index=index, kind=kind)
         began = time.monotonic()
-        key = self.upload(f"chaos{index}-{kind}")
-        run_id: str | None = None
+        key, run_id = self.upload(f"chaos{index}-{kind}")
         kill_at = began + moment * self.duration_s
-        while time.monotonic() < kill_at:  # find the run meanwhile, without delaying the kill
-            if run_id is None:
-                with contextlib.suppress(Exception):
-                    for run in self.runs.all():
-                        if field_of(run, "dataset", {}).get("key") == key:
-                            run_id = str(run.run_id)
-            time.sleep(min(0.05, max(0.0, kill_at - time.monotonic())))
-        outcome.at_kill = self.state_of(run_id)
+        time.sleep(max(0.0, kill_at - time.monotonic()))
+        launched = self.exists(run_id)
+        outcome.at_kill = self.state_of(run_id if launched else None)
         outcome.moment_s = time.monotonic() - began
-        outcome.killed, pids = self.kill(kind, run_id)
+        outcome.killed, pids = self.kill(kind, run_id if launched else None)
         wait_dead(pids)
         time.sleep(react_s)
         outcome.recovery = self.recover(kind)
-        if kind == "emulator" and run_id is not None and not self.exists(run_id):
-            # The run was newer than the emulator's last snapshot (README: the last ~5 s of
-            # writes are lost): its upload, if it was saved, launches it again.
+        if kind == "emulator" and launched and not self.exists(run_id):
+            # The run was newer than the emulator's last snapshot (the last ~5 s of writes
+            # are lost): its upload, if it was saved, launches it again (the same version:
+            # the same run id).
             outcome.recovery += "; the run was newer than the saved data"
-            run_id = None
-        run_id = run_id or self.run_for(key)
-        if run_id is None and kind == "emulator" and not self.uploaded(key):
-            # The upload was within the emulator's last ~5 s of unsaved writes (README): a
-            # user uploads it again.
-            key = self.upload(f"chaos{index}-{kind}-again")
+        found = self.appeared(run_id)
+        if not found and kind == "emulator" and not self.uploaded(key):
+            # The upload was within the emulator's last ~5 s of unsaved writes: a user
+            # uploads it again.
+            key, run_id = self.upload(f"chaos{index}-{kind}-again")
             outcome.recovery += "; the upload was lost with the last seconds, uploaded again"
-            run_id = self.run_for(key)
-        if run_id is None:
-            outcome.status, outcome.error = "NO RUN", f"no run for {key}"
+            found = self.appeared(run_id)
+        if not found:
+            outcome.status, outcome.error = "NO RUN", f"no run {run_id} for {key}"
             outcome.seconds = time.monotonic() - began
             return outcome
         outcome.run_id = run_id

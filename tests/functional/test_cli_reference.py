@@ -100,3 +100,44 @@ def test_default_parameters_reach_80_percent_on_the_cat_data(shared_data: Path) 
     result = json.loads(out.stdout)
     assert result["epochs"] == 2500
     assert result["test_accuracy"] >= 0.80
+
+
+def test_itsacat_reference_accepts_the_new_keys(tmp_path: Path) -> None:
+    ds = datasets.synthesize(m_train=40, m_test=12, side=8, seed=11)
+    datasets.save(ds, tmp_path / "s.h5")
+    p = params.parse(  # as test_reference_optimizers.make_params("adam", 0.8, 16)
+        {
+            "epochs": 20,
+            "layers": 3,
+            "activations": {"layer1": "relu", "layer2": "tanh", "layer3": "sigmoid"},
+            "neurons": {"layer1": 6, "layer2": 4, "layer3": 1},
+            "learning_rate": 0.01,
+            "batch_size": 16,
+            "seed": 5,
+            "optimizer": "adam",
+            "lambda": 0.8,
+        }
+    )
+    (tmp_path / "p.json").write_text(json.dumps({**p.to_json(), "epochs": 5}))
+    data, good = str(tmp_path / "s.h5"), str(tmp_path / "p.json")
+    out = subprocess.run(
+        [*ITSACAT, "reference", data, "--params", good, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    x, y = datasets.load(tmp_path / "s.h5").require_train().columns()
+    expected = reference.train(params.loads((tmp_path / "p.json").read_text()), x, y)
+    assert result["epochs"] == 5 and result["costs"] == expected.costs
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**p.to_json(), "optimizer": "momentum"}))  # beta2 with momentum
+    out = subprocess.run(
+        [*ITSACAT, "reference", data, "--params", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "'beta2' is used only by the adam optimizer" in out.stderr
+    assert "Traceback" not in out.stderr

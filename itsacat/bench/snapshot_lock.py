@@ -7,7 +7,7 @@ snapshot as the emulator takes it (`Saver.save`: a fork under the lock, the chil
 and writes), the same snapshot pickled under the lock instead (for comparison), and a
 restore into freshly created resources.
 
-    python bench/snapshot_lock.py [--objects-mb 40] [--items 3000] [--log-events 20000]
+    python -m itsacat.bench.snapshot_lock [--objects-mb 40] [--items 3000] [--log-events 20000]
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedded import persistence
 from embedded.deploy import REGION
