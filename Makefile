@@ -64,10 +64,12 @@ cfn-lint: install
 	$(BIN)/cfn-lint templates/*.yaml tests/embedded/fixture_template.yaml
 
 # DATASET=path trains on that file, DATASET_URL=url downloads the cat data from there (when
-# it is not cached under $ITSACAT_HOME); DEMO_ARGS passes more options (e.g. --exit).
+# it is not cached under $ITSACAT_HOME); IMAGES=dir asks the APIs about those pictures
+# (default: a few of the test set); DEMO_ARGS passes more options (e.g. --exit).
 demo: install
 	$(BIN)/itsacat demo $(if $(DATASET),--dataset $(DATASET)) \
-	  $(if $(DATASET_URL),--dataset-url $(DATASET_URL)) $(DEMO_ARGS)
+	  $(if $(DATASET_URL),--dataset-url $(DATASET_URL)) $(if $(IMAGES),--images $(IMAGES)) \
+	  $(DEMO_ARGS)
 
 # notebooks/itsacat.ipynb in JupyterLab, installed into the venv on first use (only here:
 # `make test` runs the notebook headless with nbclient). Its kernel is the venv's Python
@@ -86,18 +88,20 @@ notebook: install
 # and the markdown table land in bench/results/. `make bench-scaling` is the slower sweep over
 # layer-1 width and examples, with the plot bench/results/scaling.png.
 BENCH_ARGS ?=
+# The benchmarks train on DATASET=path, else the cat data `itsacat dataset fetch` cached.
+DATASET_ARG = $(if $(DATASET),--dataset $(DATASET))
 
 bench: install
-	$(BIN)/itsacat bench --out bench/results $(BENCH_ARGS)
+	$(BIN)/itsacat bench $(DATASET_ARG) --out bench/results $(BENCH_ARGS)
 
 # The default network on the cat data with gd, gd+L2 (two λ), momentum and Adam, on a fresh
 # embedded stack (about 10 minutes): bench/results/optimizers.md and .json.
 .PHONY: bench-optimizers
 bench-optimizers: install
-	$(BIN)/python -m itsacat.bench.optimizers --out bench/results $(BENCH_ARGS)
+	$(BIN)/python -m itsacat.bench.optimizers $(DATASET_ARG) --out bench/results $(BENCH_ARGS)
 
 bench-scaling: install
-	$(BIN)/itsacat bench --scaling --epochs 40 --out bench/results $(BENCH_ARGS)
+	$(BIN)/itsacat bench --scaling --epochs 40 $(DATASET_ARG) --out bench/results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ across all services (an upload and the notification it queued are both in it, or
 is): under the emulator's request lock the process forks, and the child, a copy-on-write
 image of that instant, pickles and writes it (temporary file, fsync, `os.replace`) while
 the emulator serves on. A kill -9 thus loses the writes of the last ~5 s. Measured with
-`python bench/snapshot_lock.py` on this project's 2-core machine (40 MB of object
+`python -m itsacat.bench.snapshot_lock` on this project's 2-core machine (40 MB of object
 versions, 3,000 items holding 12 MB of weights, 20,000 log events; a 57 MB snapshot): the
 lock is held 10 ms on a quiet machine and 15-30 ms with both cores busy, the snapshot is
 on disk 0.6-1 s later; pickling under the lock instead would hold it 260-520 ms. The fork

@@ -3,7 +3,7 @@
 The lease a trainer takes is held under a token of this one delivery, not under the
 request id alone: Lambda keeps the request id when it retries an event and when it
 delivers one twice, and two copies holding "the same" lease could each commit, hand over
-or give it back in the other's name (issue 16, finding 3). The request id stays in the
+or give it back in the other's name. The request id stays in the
 token, for the logs.
 """
 

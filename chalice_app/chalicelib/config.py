@@ -27,7 +27,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MB = 1024 * 1024
 
-# What the deployed API must fit (issue 17; tests/api/test_api_limits.py checks the sums).
+# What the deployed API must fit (tests/api/test_api_limits.py checks the sums).
 # Lambda takes at most 6 MB of request event, and API Gateway base64-encodes a binary body
 # (4 bytes for every 3) into it, beside the headers and request context (EVENT_OVERHEAD).
 LAMBDA_PAYLOAD_BYTES = 6 * MB

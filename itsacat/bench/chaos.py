@@ -13,7 +13,7 @@ per epoch), waits a random part of that duration and sends SIGKILL to one of:
 - `emulator`: the AWS emulator (`python -m embedded.emulator`, also in `stack.json`).
 
 The kinds are drawn in shuffled blocks of three, so that every kind occurs. Then it does
-what the README tells a user to do: nothing for a trainer (Lambda's retry and the watchdog
+what docs/reliability.md tells a user to do: nothing for a trainer (Lambda's retry and the watchdog
 continue the run); `itsacat up`, with the options of the first `up`, for the runtime (it
 restarts the runtime beside the live emulator) and for the emulator (the stack starts again
 from the data it saved, and the watchdog re-drives the run once its lease has expired). It
@@ -367,7 +367,7 @@ class Chaos:
         return f"{what} pid {','.join(map(str, pids)) or 'none alive'}", pids
 
     def recover(self, kind: str) -> str:
-        """What the README says to do after such a kill; what was done."""
+        """What docs/reliability.md says to do after such a kill; what was done."""
         if kind == "trainer":
             return "none (Lambda's retry / the watchdog)"
         began = time.monotonic()

@@ -4,6 +4,12 @@ import argparse
 from pathlib import Path
 
 from itsacat import demo
+from trainer_lambdas.nn.params import (
+    DISTRIBUTIONS,
+    EVERY_LAYER_REMOTE,
+    FIRST_LAYER_REMOTE,
+    MAX_NEURONS,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,17 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--plan",
-        choices=("fanout", "hybrid"),
-        default="fanout",
+        choices=DISTRIBUTIONS,
+        default=EVERY_LAYER_REMOTE,
         help="fanout (default): every layer fans out, one neuron per invocation unless "
-        "--fanout (2,500 epochs in about a minute here); hybrid: layer 1 fans out over the neuron "
-        "function, the trainer computes the small layers (about 10 s)",
+        "--fanout; hybrid: layer 1 fans out over the neuron function, the trainer computes "
+        "the small layers (the same numbers, far fewer invocations)",
     )
     p.add_argument(
         "--fanout",
         type=int,
         metavar="K",
-        help="neurons per Lambda invocation (default: 1 with fanout, 4096 with hybrid)",
+        help=f"neurons per Lambda invocation (default: 1 with fanout, {MAX_NEURONS} with hybrid)",
     )
     p.add_argument(
         "--commit-every",
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             plan=args.plan,
             fanout=args.fanout
             if args.fanout is not None
-            else (4096 if args.plan == "hybrid" else 1),
+            else (MAX_NEURONS if args.plan == FIRST_LAYER_REMOTE else 1),
             commit_every=args.commit_every,
             port=args.port,
             staging_port=args.staging_port,

@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
         "duplicate=0.1,crash_before=0.1,crash_after=0.1,timeout=0.05,throttle=0.1,"
         "redeliver=0.1,ambiguous=0.1,unprocessed=0.1,hosts=mixed,delay_ms=0-200,"
         "s3_duplicate=0.5,seed=7 (probabilities per invocation or per request; "
-        "see the README's Reliability section)",
+        "see docs/reliability.md, Fault injection)",
     )
     up.add_argument(
         "--parameter",

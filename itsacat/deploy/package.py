@@ -309,7 +309,7 @@ def api_template(
             "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
         }
     ]
-    # Needs the account's CloudWatch role for API Gateway (README, "Deploy to AWS").
+    # Needs the account's CloudWatch role for API Gateway (docs/deploy.md).
     api["AccessLogSetting"] = {
         "DestinationArn": {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]},
         "Format": access_log_format(),

@@ -116,6 +116,6 @@ def test_chalice_config() -> None:
                 assert statement["Resource"] == f"arn:aws:s3:::{bucket}/models/*"
             else:
                 # Unconditioned: a HEAD of a missing key carries no s3:prefix, so a
-                # prefix condition would make it 403 instead of 404 (issue 17, item 5).
+                # prefix condition would make it 403 instead of 404.
                 assert statement["Resource"] == f"arn:aws:s3:::{bucket}"
                 assert "Condition" not in statement

@@ -1,4 +1,4 @@
-"""Issue 17, item 6: what the API tells clients and what it logs instead.
+"""What the API tells clients and what it logs instead.
 
 `GET /model` answers an allow-listed set of fields; failures (5xx) answer a generic message
 and log the details; refusals (4xx) are logged at WARNING with the client's address and the

@@ -1,6 +1,6 @@
 """Hostile pictures: each is refused or decoded within a stated memory and CPU bound.
 
-The bound (README "Safety and limits", `chalicelib.images`): decoding any accepted or refused
+The bound (docs/api.md, "Bounded decoding"; `chalicelib.images`): decoding any accepted or refused
 picture peaks under PEAK_MB above the process's baseline and takes under CPU_SECONDS of
 CPU. Memory is measured in a fresh Python process per picture (Pillow's C allocations are
 invisible to tracemalloc): the peak RSS counter (VmHWM) is reset after the imports and the

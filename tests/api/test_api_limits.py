@@ -1,4 +1,4 @@
-"""Issue 17: the API's limits fit Lambda's and API Gateway's, and `itsacat serve` applies
+"""The API's limits fit Lambda's and API Gateway's, and `itsacat serve` applies
 the deployed stack's concurrency and rate limits (429), tested on a real local server."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 17, item 5: before the first model, the API under its own role answers `no_model`.
+"""Before the first model, the API under its own role answers `no_model`.
 
 S3 answers a GET/HEAD of a missing key with 404 only to a caller that may `s3:ListBucket`
 on the bucket, else with 403; the request carries no `s3:prefix`, so a ListBucket allowed

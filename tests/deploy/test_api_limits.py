@@ -1,4 +1,4 @@
-"""Issue 17: the API template's limits, access logs, timeout and role, read off the dry run's
+"""The API template's limits, access logs, timeout and role, read off the dry run's
 build (which cfn-lint checks in test_package.py)."""
 
 from __future__ import annotations

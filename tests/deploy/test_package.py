@@ -68,7 +68,7 @@ def test_api_template_takes_bucket_and_layer_from_the_training_stack(
     _, built = dry_run
     t = json.loads(built.api_template.read_text())
     required = {k for k, v in t["Parameters"].items() if "Default" not in v}
-    assert required == {"DataBucket", "LayerArn"}  # the limits have defaults (issue 17)
+    assert required == {"DataBucket", "LayerArn"}  # the limits have defaults
     fn = t["Resources"]["APIHandler"]["Properties"]
     assert fn["Layers"] == [{"Ref": "LayerArn"}]
     assert fn["Environment"]["Variables"]["ITSACAT_BUCKET"] == {"Ref": "DataBucket"}
@@ -120,7 +120,7 @@ def test_dry_run_command_prints_the_plan_offline(
 
 
 def test_the_template_pins_one_blas_thread_for_every_function() -> None:
-    """Issue 16, finding 5: the thread count changes the bits of a product; Lambda's
+    """The thread count changes the bits of a product; Lambda's
     hosts differ, so the template fixes what it can (the kernel it cannot)."""
     from tests.support.template import template
 

@@ -1,4 +1,4 @@
-"""Issue 6 on the embedded stack: watch, logs (and --follow), and the demo end to end."""
+"""On the embedded stack: watch, logs (and --follow), and the demo end to end."""
 
 import http.server
 import os

@@ -1,5 +1,5 @@
-"""The "done when" of issues 2 and 4 on the real data: `make accuracy` (CI runs it after
-`make test`).
+"""The default network on the real data, through the embedded stack: `make accuracy`
+(CI runs it after `make test`).
 
 The default parameters (2,500 epochs, one neuron per invocation) trained through the
 embedded stack reach at least 80% test accuracy, with the same per-epoch costs as the

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: upload -> launch -> trainer -> neurons -> model, on the embedded stack."""
+"""End to end: upload -> launch -> trainer -> neurons -> model, on the embedded stack."""
 
 import json
 import os

@@ -531,7 +531,7 @@ def test_query_pages_at_about_1_mb(emulator: Callable[[str], str]) -> None:
     assert page["Count"] == 3 and "LastEvaluatedKey" in page
 
 
-# --- what the run record makes of them (issue 16, finding 2) ----------------------------
+# --- what the run record makes of them ----------------------------
 
 
 def test_an_ambiguous_run_transition_is_resolved_by_reading_the_record_back(

@@ -402,7 +402,7 @@ def test_the_trainer_drives_the_events_run_for_its_reason(
 def test_two_deliveries_with_one_request_id_drive_under_different_tokens(
     drives: list[Drive],
 ) -> None:
-    """Lambda keeps the request id when it retries or duplicates an event (issue 16)."""
+    """Lambda keeps the request id when it retries or duplicates an event."""
     ctx = LambdaContext(aws_request_id="8a6f0d3e-2c1b-4e5a-9f7d-3b2a1c0e9d8f")
     trainer.handler(event("trainer_start.json"), ctx)
     trainer.handler(event("trainer_start.json"), ctx)

@@ -1,4 +1,4 @@
-"""Issue 16, finding 9: inputs that cannot work are refused at launch, with the reason,
+"""Inputs that cannot work are refused at launch, with the reason,
 instead of failing later (a redelivered launch, a trainer or neuron out of memory)."""
 
 import io

@@ -1,4 +1,4 @@
-"""Issue 16, finding 7: a run uses the parameters.json version that was current when its
+"""A run uses the parameters.json version that was current when its
 dataset was uploaded, pinned by version id, whenever the launch runs."""
 
 import json

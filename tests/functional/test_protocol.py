@@ -1,4 +1,4 @@
-"""The training protocol's findings of the AWS review (issue 16), over moto in-process.
+"""The training protocol under what AWS can do to it, over moto in-process.
 
 Each test drives the real coordinator, stores and neuron code against moto's DynamoDB, S3
 and SNS, and makes happen what AWS can make happen: a trainer superseded while it works, a

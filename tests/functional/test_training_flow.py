@@ -349,8 +349,8 @@ def test_cost_rows_beyond_the_committed_epochs_are_not_read(world: World) -> Non
 def test_a_diverging_run_fails_at_once_saying_where(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 16, finding 8: a NaN or infinite cost ends the run FAILED at that epoch, with
-    no retries (before: the cost row could not be stored, and the step was recomputed).
+    """A NaN or infinite cost ends the run FAILED at that epoch, with
+    no retries (the cost row could not be stored, and the step would be recomputed).
     The outputs are clipped, so the network itself rarely gets there: the step's cost is
     made NaN from the third step on."""
     real_step = distributed_step.step

@@ -1,4 +1,4 @@
-"""The watchdog's re-drives, over moto's in-process DynamoDB (issue 16, finding 1).
+"""The watchdog's re-drives, over moto's in-process DynamoDB.
 
 On AWS an asynchronous retry of a crashed trainer comes a minute or two after the crash,
 after its lease has expired and the watchdog has re-driven the run: nearly every trainer
@@ -62,7 +62,7 @@ def test_two_sweeps_that_saw_the_same_stall_re_drive_it_once(sweep: World) -> No
 
 
 def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -> None:
-    """Issue 16, finding 3: Lambda keeps the request id on a duplicate delivery. The twin
+    """Lambda keeps the request id on a duplicate delivery. The twin
     must neither pass for the lease holder nor give the holder's lease back."""
     from trainer_lambdas.trainer import lease_token
 
@@ -80,9 +80,9 @@ def test_two_deliveries_of_one_event_hold_different_lease_tokens(sweep: World) -
 
 
 def test_a_run_whose_preparation_never_finished_is_failed_with_the_reason(sweep: World) -> None:
-    """Issue 16, finding 9: a launch that failed on every delivery of its upload (the upload
-    went to the dead-letter queue) left its run PREPARING for ever: the watchdog ignored
-    PREPARING runs, and `resume` refuses them."""
+    """A launch that failed on every delivery of its upload (the upload
+    went to the dead-letter queue) must not leave its run PREPARING for ever (`resume` refuses
+    PREPARING runs): the watchdog fails it with the reason."""
     runs = sweep.stores.runs
     runs.create("r-stuck-prep", {"key": "training_input/x.h5"}, started_at=1000.0)
     runs.create("r-preparing", {"key": "training_input/y.h5"}, started_at=2000.0)
