@@ -20,9 +20,10 @@ authorised against the role's IAM policies on the real action and resource, as A
 everybody else is the account owner (see `embedded.authorization`). `POST /_itsacat/authorize`
 answers the same question for the local Lambda runtime's Invoke requests.
 
-For the benchmark, `RequestCounter` counts the requests that Lambda functions make (their
-botocore user agent carries `exec-env/AWS_Lambda_...`, as on AWS), by service and operation,
-with the bytes they move; `GET /_itsacat/requests` returns the counts. Requests from the
+`RequestCounter` counts the requests that Lambda functions make (their botocore user agent
+carries `exec-env/AWS_Lambda_...`, as on AWS), by service and operation, with the bytes they
+move; `GET /_itsacat/requests` returns the counts. Only the emulator sees every request, so
+the counting lives here; the benchmarks (`itsacat.bench`) read it. Requests from the
 command line and the runtime's own log shipping are not counted.
 
 With `--state-dir`, the data (objects, items, log events, queued messages) is kept there

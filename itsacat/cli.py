@@ -53,15 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the `stack` extra installs (pyproject.toml): the command needs them, the functions not.
+STACK_EXTRA_MODULES = frozenset({"moto", "chalice", "samtranslator", "awscli", "cfnlint"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.target:
-        os.environ["ITSACAT_TARGET"] = args.target
     try:
+        args = build_parser().parse_args(argv)
+        if args.target:
+            os.environ["ITSACAT_TARGET"] = args.target
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"itsacat: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in STACK_EXTRA_MODULES:
+            raise
+        print(
+            f"itsacat: error: {e.name} is not installed: the itsacat command needs the "
+            "'stack' extra: pip install 'itsacat[stack]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("itsacat: interrupted", file=sys.stderr)
         return 130

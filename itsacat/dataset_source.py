@@ -76,7 +76,7 @@ def required(given: str | None, home: Path | None = None) -> Path:
     if given:
         path = Path(given)
         if not path.is_file():
-            raise UserError(f"--dataset {given}: no such file")
+            raise UserError(f"dataset {given}: no such file")
         return path
     home = home or default_home()
     found = dataset_fetch.cached(home)

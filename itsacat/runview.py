@@ -132,7 +132,7 @@ class Runs:
             f"run {run_id} of s3 key {key} was not recorded within {timeout_s:.0f} s: is the "
             "stack's launch function running? (`itsacat status`, `itsacat logs launch`). A "
             "launch that failed is tried again after the training-input queue's visibility "
-            "timeout (6 minutes on AWS); `itsacat runs` lists the run once it starts"
+            "timeout; `itsacat runs` lists the run once it starts"
         )
 
     def wait(

@@ -8,9 +8,8 @@ from itsacat.errors import UserError
 from itsacat.runview import Runs
 from state.errors import StateError
 from state.objects import ObjectStore
-from trainer_lambdas.launcher import run_id_for
+from trainer_lambdas import launcher
 from trainer_lambdas.nn.params import Parameters
-from trainer_lambdas.payloads import UploadedObject
 
 LAUNCH_TIMEOUT_S = 120  # how long the launch function may take to record the run
 
@@ -18,10 +17,7 @@ LAUNCH_TIMEOUT_S = 120  # how long the launch function may take to record the ru
 def run_id_of(bucket: str, key: str, version_id: str) -> str:
     """The id the launch function gives the run of this version of s3://bucket/key (the
     `VersionId` that put_object answered; a versioned bucket puts it in the S3 event)."""
-    obj = UploadedObject(
-        bucket=bucket, key=key, size=0, etag="", version_id=version_id, sequencer="", event_time=""
-    )
-    return run_id_for(obj)
+    return launcher.run_id(bucket, key, version_id)
 
 
 def upload_dataset(env: dict[str, str], path: Path, params: Parameters) -> tuple[str, str]:
@@ -30,7 +26,7 @@ def upload_dataset(env: dict[str, str], path: Path, params: Parameters) -> tuple
 
     Each upload gets its own folder so that its parameters.json sits beside it alone, and
     concurrent uploads cannot pick up each other's parameters. The run id is the launch
-    function's own (`launcher.run_id_for`), from the version S3 gave the dataset.
+    function's own (`launcher.run_id`), from the version S3 gave the dataset.
     """
     bucket = env["ITSACAT_BUCKET"]
     objects = ObjectStore(bucket)

@@ -44,6 +44,22 @@ class CostStore(LazyClient):
         ]
         return batch_write(self.client, self.table, requests, f"write costs of run {run_id}")
 
+    def written_times(self, run_id: str) -> list[float]:
+        """When each of the run's rows was written (epoch time, in epoch order): an epoch's
+        row is written at the commit that ends it, so these are the run's commit times."""
+        rows = sorted((int(i["epoch"]["N"]), float(i["written"]["N"])) for i in self._rows(run_id))
+        return [t for _, t in rows]
+
+    def _rows(self, run_id: str) -> list[dict[str, Any]]:
+        return self._all_items(
+            "query",
+            f"read costs of run {run_id}",
+            TableName=self.table,
+            KeyConditionExpression="run_id = :r",
+            ExpressionAttributeValues={":r": {"S": run_id}},
+            ConsistentRead=True,
+        )
+
     def of_run(self, run: RunRecord) -> list[float]:
         """The costs of the run's committed epochs (below its `epochs_done`)."""
         return self.list(run.run_id, upto=run.epochs_done)
@@ -52,13 +68,6 @@ class CostStore(LazyClient):
         """The run's costs in epoch order, exactly as the trainer computed them; with `upto`
         (the run's committed `epochs_done`), only epochs below it: a trainer whose commit
         was refused (cancelled, taken over) may have written rows beyond it."""
-        items = self._all_items(
-            "query",
-            f"read costs of run {run_id}",
-            TableName=self.table,
-            KeyConditionExpression="run_id = :r",
-            ExpressionAttributeValues={":r": {"S": run_id}},
-            ConsistentRead=True,
-        )
+        items = self._rows(run_id)
         costs = sorted((int(i["epoch"]["N"]), float.fromhex(i["cost_hex"]["S"])) for i in items)
         return [c for epoch, c in costs if upto is None or epoch < upto]

@@ -61,8 +61,14 @@ def is_dataset(key: str) -> bool:
 def run_id_for(obj: UploadedObject) -> str:
     """Stable for one uploaded object version: a duplicate event maps to the same run."""
     version = obj.version_id or obj.sequencer or f"{obj.etag}@{obj.event_time}"
-    digest = hashlib.sha256(f"{obj.bucket}\n{obj.key}\n{version}".encode()).hexdigest()
-    stem = re.sub(r"[^a-z0-9]+", "-", posixpath.basename(obj.key)[:-3].lower()).strip("-")
+    return run_id(obj.bucket, obj.key, version)
+
+
+def run_id(bucket: str, key: str, version: str) -> str:
+    """The run of one version of s3://bucket/key (its VersionId in a versioned bucket, which
+    put_object answers too, so an uploader can name the run its upload starts)."""
+    digest = hashlib.sha256(f"{bucket}\n{key}\n{version}".encode()).hexdigest()
+    stem = re.sub(r"[^a-z0-9]+", "-", posixpath.basename(key)[:-3].lower()).strip("-")
     return f"{stem[:40] or 'run'}-{digest[:12]}"
 
 

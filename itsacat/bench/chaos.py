@@ -79,7 +79,7 @@ PARAMS: dict[str, Any] = {
 }
 
 
-def plan(rounds: int, seed: int) -> list[tuple[str, float]]:
+def kill_schedule(rounds: int, seed: int) -> list[tuple[str, float]]:
     """(kind, moment as a fraction of an uninterrupted run) per round: the kinds in shuffled
     blocks of three (any three consecutive rounds from the first kill every kind once)."""
     rng = random.Random(seed)
@@ -443,7 +443,7 @@ def run_chaos(
 ) -> list[Outcome]:
     """Start a stack in `home`, calibrate, play the rounds, stop the stack; the outcomes
     (the calibration run first, as round 0)."""
-    schedule = kinds if kinds is not None else plan(rounds, seed)
+    schedule = kinds if kinds is not None else kill_schedule(rounds, seed)
     rng = random.Random(seed + 1)
     chaos = Chaos(home, time_scale=time_scale, round_timeout_s=round_timeout_s, log=log)
     outcomes: list[Outcome] = []

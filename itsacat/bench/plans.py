@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from itsacat.bench import projection
+from state.costs import CostStore
 from trainer_lambdas.nn.params import (
     EVERY_LAYER_REMOTE,
     FIRST_LAYER_REMOTE,
@@ -167,25 +168,6 @@ def median_epoch_s(written: list[float]) -> float:
 # ---------------------------------------------------------------------- runs
 
 
-def _cost_times(costs_table: str, run_id: str) -> list[float]:
-    from state.clients import client
-
-    rows: list[tuple[int, float]] = []
-    kwargs: dict[str, Any] = {
-        "TableName": costs_table,
-        "KeyConditionExpression": "run_id = :r",
-        "ExpressionAttributeValues": {":r": {"S": run_id}},
-        "ConsistentRead": True,
-    }
-    while True:
-        out = client("dynamodb").query(**kwargs)
-        rows += [(int(i["epoch"]["N"]), float(i["written"]["N"])) for i in out["Items"]]
-        if "LastEvaluatedKey" not in out:
-            break
-        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-    return [t for _, t in sorted(rows)]
-
-
 def reference_run(params: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
     """The reference's median seconds per epoch, and its costs (the oracle)."""
     from trainer_lambdas.nn import reference
@@ -256,7 +238,7 @@ def run_plan(
     if run.status != "SUCCEEDED":
         raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
     final = snapshot(lambda_url, emulator_url, neuron, params.epochs)
-    written = _cost_times(env["COSTS_TABLE"], run_id)
+    written = CostStore(env["COSTS_TABLE"]).written_times(run_id)
     dated = [s for _, _, s in seen]
     if len(seen) >= 2 and seen[-1][0] > seen[0][0]:
         (e0, i0, _), (e1, i1, _) = seen[0], seen[-1]

@@ -24,11 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--dataset",
-        metavar="PATH",
-        help="the datasets.h5 to train on (default: the cat data `itsacat dataset fetch` "
-        "cached under $ITSACAT_HOME)",
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help="the datasets.h5 to train on (or --dataset; default: the cat data "
+        "`itsacat dataset fetch` cached under $ITSACAT_HOME)",
     )
+    p.add_argument("--dataset", dest="dataset_option", metavar="PATH", help="the same as DATASET")
     p.add_argument(
         "--epochs",
         type=int,
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             f"--epochs must be at least {least}: epochs are timed between commits "
             + ("(four per run)" if args.scaling else "(every 50)")
         )
-    path = required(args.dataset)
+    if args.dataset and args.dataset_option and args.dataset != args.dataset_option:
+        raise UserError("give the dataset once: DATASET or --dataset, not both")
+    path = required(args.dataset or args.dataset_option)
     if args.scaling:
         rows = bench.scaling(path, args.epochs, args.plans)
         result: dict = {"scaling": rows}

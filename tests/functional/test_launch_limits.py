@@ -177,8 +177,8 @@ def test_the_template_tells_the_launch_function_the_other_functions_memory() -> 
 def test_the_template_sets_the_neuron_invocations_a_trainer_keeps_in_flight() -> None:
     template = package.load_template(ROOT / "templates" / "template.yaml")
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert variables["NEURON_CONCURRENCY"] == {"Ref": "FanoutConcurrency"}
-    default = template["Parameters"]["FanoutConcurrency"]["Default"]
+    assert variables["NEURON_CONCURRENCY"] == {"Ref": "NeuronConcurrency"}
+    default = template["Parameters"]["NeuronConcurrency"]["Default"]
     assert Config.neuron_concurrency == default  # the figure when the variable is absent
     required = {
         name: "x"

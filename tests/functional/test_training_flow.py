@@ -346,6 +346,19 @@ def test_cost_rows_beyond_the_committed_epochs_are_not_read(world: World) -> Non
     assert costs.put_many("s", rows) == 3 and len(costs.list("s")) == 60
 
 
+def test_cost_rows_say_when_each_commit_wrote_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`written_times` (what `itsacat bench` times commits by): one per row, in epoch order
+    (not in the order they were written)."""
+    clock = iter([200.0, 100.0])
+    monkeypatch.setattr("state.costs.time.time", lambda: next(clock))
+    costs = world.stores.costs
+    costs.put_many("w", [(e, 0.5, 0.01) for e in range(3, 6)])
+    costs.put_many("w", [(e, 0.5, 0.01) for e in range(3)])
+    assert costs.written_times("w") == [100.0] * 3 + [200.0] * 3
+
+
 def test_a_diverging_run_fails_at_once_saying_where(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
