@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from state.models import ModelStore
+from tests.support import data as test_data
 from trainer_lambdas.nn import params as nn_params
 from trainer_lambdas.nn import reference
 from trainer_lambdas.nn.network import Weights, accuracy
@@ -40,9 +41,7 @@ from trainer_lambdas.nn.preprocess import flatten_images
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_DIR = ROOT / "chalice_app"
 INPUT_SHAPE = (16, 16, 3)
-SAMPLE_PHOTOS = Path("/work/shared/data/images")
-if not SAMPLE_PHOTOS.exists():  # the shared data beside the checkout
-    SAMPLE_PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "images"
+SAMPLE_PHOTOS = test_data.SAMPLE_PHOTOS  # the six photos of the shared data (tests/support/data.py)
 MB = 1024 * 1024
 
 

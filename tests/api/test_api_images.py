@@ -11,6 +11,7 @@ from chalicelib import images
 from chalicelib.errors import NotAnImage, PayloadTooLarge
 from PIL import Image
 
+from tests.support import data as test_data
 from trainer_lambdas.nn.preprocess import flatten_images
 
 LIMIT = 40_000_000
@@ -93,8 +94,7 @@ def test_every_mode_becomes_rgb(mode: str) -> None:
 
 
 def test_sample_photos_decode() -> None:
+    test_data.require()
     photo = SAMPLE_PHOTOS / "grumpy_cat.jpeg"
-    if not photo.exists():
-        pytest.skip(f"{photo} not found")
     rgb = images.oriented_rgb(images.open_image(photo.read_bytes(), LIMIT))
     assert images.thumbnail_data_uri(rgb).startswith("data:image/jpeg;base64,")

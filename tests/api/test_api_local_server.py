@@ -34,6 +34,7 @@ from api_support import (
 from chalicelib import images
 
 from state.models import ModelStore
+from tests.support import data as test_data
 from trainer_lambdas.nn.network import predict_proba
 
 
@@ -137,9 +138,8 @@ def test_ping(api: Api) -> None:
 def test_sample_photo_from_the_allowed_address(
     api: Api, pictures: PictureServer, forbidden_pictures: PictureServer, tiny_model: TinyModel
 ) -> None:
+    test_data.require()
     photo = SAMPLE_PHOTOS / "grumpy_cat.jpeg"
-    if not photo.exists():
-        pytest.skip(f"{photo} not found")
     status, answer = api.image(pictures.url("/photos/grumpy_cat.jpeg"))
     assert status == 200, answer
     rgb = images.oriented_rgb(images.open_image(photo.read_bytes(), 10**8))

@@ -25,6 +25,7 @@ from chalicelib import images, service
 from PIL import Image
 
 from state.models import ModelStore
+from tests.support import data as test_data
 from trainer_lambdas.nn.network import predict_proba
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -429,9 +430,8 @@ def test_the_model_is_cached_between_checks(
 def test_sample_photo_of_the_shared_data(
     client: Client, published: ModelStore, tiny_model: TinyModel, pictures: PictureServer
 ) -> None:
+    test_data.require()
     response = client.http.get(f"/image?image={pictures.url('/photos/grumpy_cat.jpeg')}")
-    if response.status_code == 404:
-        pytest.skip("sample photos not found")
     assert response.status_code == 200, response.body
     answer = body(response)
     from api_support import SAMPLE_PHOTOS

@@ -68,7 +68,13 @@ def test_per_epoch_counts_are_window_deltas() -> None:
     assert bench.median_epoch_s([0.0, 0.0, 3.0, 3.0, 3.0, 7.0, 7.0, 9.0, 9.0]) == 1.0
 
 
-def test_projection_arithmetic() -> None:
+def unrounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`projection.project` without its rounding to 4 decimals (for printing), so that a
+    test can compare its figures exactly: one Lambda request is 2e-7 USD, below that rounding."""
+    monkeypatch.setattr(projection, "round", lambda value, digits=None: value, raising=False)
+
+
+def test_projection_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     assert projection.waves([20, 7, 5, 1]) == 2 * (1 + 1 + 1 + 1)
     assert projection.waves([20, 7, 5, 1], concurrency=8) == 2 * (3 + 1 + 1 + 1)
     assert projection.waves([1, 0, 0, 0]) == 2
@@ -85,7 +91,11 @@ def test_projection_arithmetic() -> None:
         weight_wru_per_commit=1953,
         commits_per_epoch=1,
     )
+    printed = projection.project(c, 2500)
+    unrounded(monkeypatch)
     p = projection.project(c, 2500)
+    assert printed.usd_breakdown == {k: round(v, 4) for k, v in p.usd_breakdown.items()}
+    assert (printed.epoch_s, printed.usd) == (round(p.epoch_s, 4), round(p.usd, 4))
     a = projection
     epoch = (
         12 * (a.INVOKE_OVERHEAD_S + 0.01)
@@ -93,12 +103,15 @@ def test_projection_arithmetic() -> None:
         + 8 * a.DYNAMODB_REQUEST_S
         + 5e6 / a.DYNAMODB_BYTES_PER_S
     )
-    assert p.epoch_s == pytest.approx(epoch, abs=1e-4)
-    assert p.run_s == pytest.approx(2500 * epoch, rel=1e-3)
+    assert p.epoch_s == pytest.approx(epoch, rel=1e-9)
+    assert p.run_s == pytest.approx(2500 * epoch, rel=1e-9)
     wru = 2500 * (2 * 1953 + 2)
-    assert p.usd_breakdown["dynamodb_writes"] == pytest.approx(wru * a.DYNAMODB_WRU_USD, abs=1e-4)
-    assert p.usd_breakdown["lambda_requests"] == pytest.approx(2500 * 66 * 0.2e-6, abs=1e-4)
-    assert p.usd == pytest.approx(sum(p.usd_breakdown.values()), abs=1e-3)
+    assert p.usd_breakdown["dynamodb_writes"] == pytest.approx(wru * a.DYNAMODB_WRU_USD, rel=1e-9)
+    # the neurons' invocations and the trainer's: one per TrainerTimeout of the run (2 here)
+    trainer = math.ceil(p.run_s / template()["Parameters"]["TrainerTimeout"]["Default"])
+    requests = 2500 * 66 + trainer
+    assert p.usd_breakdown["lambda_requests"] == pytest.approx(requests * 0.2e-6, rel=1e-9)
+    assert p.usd == pytest.approx(sum(p.usd_breakdown.values()), rel=1e-9)
     assert {"prices_as_of", "sources", "model"} <= set(projection.assumptions())
 
 
@@ -176,7 +189,9 @@ def test_the_projection_reads_the_functions_from_the_template() -> None:
     assert projection.assumptions()["neuron_memory_mb"] == got.neuron_memory_mb
 
 
-def test_a_changed_template_changes_the_projection(tmp_path: Path) -> None:
+def test_a_changed_template_changes_the_projection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The projection follows the template: a copy with half the neuron memory, a quarter
     of the concurrency and a shorter trainer timeout projects accordingly."""
     t = load_template(projection.TEMPLATE)
@@ -203,12 +218,14 @@ def test_a_changed_template_changes_the_projection(tmp_path: Path) -> None:
         requests={},
         storage_bytes=0,
     )
+    unrounded(monkeypatch)
     a, b = projection.project(c, 2500, ours), projection.project(c, 2500, theirs)
     assert a.epoch_s == b.epoch_s  # the counts' waves are given: the same time
     neuron_gb_s = 2500 * 66 * (0.5 + 0.001) * (2048 - 1024) / 1024
     saved = a.usd_breakdown["lambda_compute"] - b.usd_breakdown["lambda_compute"]
-    assert saved == pytest.approx(neuron_gb_s * projection.LAMBDA_GB_SECOND_USD, abs=1e-3)
+    assert saved == pytest.approx(neuron_gb_s * projection.LAMBDA_GB_SECOND_USD, rel=1e-9)
     handovers = math.ceil(a.run_s / 60) - math.ceil(a.run_s / 900)
     more = b.usd_breakdown["lambda_requests"] - a.usd_breakdown["lambda_requests"]
-    assert more == pytest.approx(handovers * projection.LAMBDA_REQUEST_USD, abs=1e-4)
+    assert handovers > 0  # 240 here, 4.8e-5 USD: below the printed figures' 4 decimals
+    assert more == pytest.approx(handovers * projection.LAMBDA_REQUEST_USD, rel=1e-9)
     assert projection.assumptions(theirs)["neuron_concurrency"] == 8

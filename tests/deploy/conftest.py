@@ -6,6 +6,13 @@ their own on 127.0.0.1 standing in for AWS (`emulator`), and the installed distr
 metadata (what the layer would hold). Never AWS itself nor PyPI, except the test marked
 slow in test_layer.py, which downloads the real layer (`make slow`).
 
+Held to here: during a test, a socket of this process may connect or bind to loopback
+addresses only and names other than `localhost` are not looked up (so a boto3 client that
+missed the emulator or the Stubber fails instead of reaching AWS), and an attempt fails the
+test even if the code under test catches it. Subprocesses (`chalice package`, cfn-lint, the
+AWS CLI, pip) run outside this check: they are pointed at the emulator or kept offline by
+the code and the environment the tests give them, and pip reaches PyPI only in the slow test.
+
 Fixtures: a small fake layer, one offline dry-run build, an emulator.
 
 The fake layer has the packages' directories and a wheel's metadata but no binaries, so the
@@ -21,8 +28,19 @@ from pathlib import Path
 import pytest
 
 from itsacat.deploy import package, plan
+from tests.support.tiers import Guard, is_loopback
 
 FAKE_PACKAGES = ("numpy", "h5py", "PIL", "aws_lambda_powertools")
+TIER = "deploy"
+RULE = "see tests/deploy/conftest.py; only the slow test in test_layer.py reaches PyPI"
+
+
+@pytest.fixture(autouse=True)
+def _deploy_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
+    guard = Guard(TIER, RULE, monkeypatch)
+    guard.forbid_sockets(allow=is_loopback)
+    yield guard
+    guard.check()
 
 
 def make_fake_layer(root: Path) -> Path:

@@ -136,7 +136,11 @@ def test_target_file_makes_the_aws_target(
 
 
 def test_stack_outputs_and_rejected_credentials_with_the_stubber() -> None:
-    session = _session()
+    # dummy credentials: without any, botocore's chain asks the EC2 metadata service
+    # (169.254.169.254), which this tier's guard refuses
+    session = boto3.Session(
+        region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     cfn = session.client("cloudformation", region_name=REGION)
     sts = session.client("sts", region_name=REGION)
     clients = {"cloudformation": cfn, "sts": sts}

@@ -15,9 +15,9 @@ import pytest
 
 from state.runs import SUCCEEDED
 from tests.e2e.conftest import SMALL, Stack
+from tests.support import data as test_data
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATASET = ROOT.parent / "shared" / "data" / "datasets.h5"
 
 
 def itsacat(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -99,9 +99,8 @@ def processes_of(home: Path) -> list[int]:
 def mirror() -> Iterator[tuple[str, list[str]]]:
     """The shared cat data served from 127.0.0.1, as a mirror of the published file; its
     URL, and the paths asked for."""
-    if not SHARED_DATASET.is_file():
-        pytest.fail(f"the tests need the shared cat data at {SHARED_DATASET}")
-    body = SHARED_DATASET.read_bytes()
+    test_data.require()
+    body = test_data.DATASET.read_bytes()
     asked: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -147,7 +146,7 @@ def test_demo_on_a_fresh_clone_fetches_the_cat_data_and_promotes_only_on_merit(
     text = out.stdout
     assert f"downloading {url}" in text and "(downloaded, sha256 checked)" in text
     assert asked == ["/datasets.h5"]
-    assert (home / "datasets" / "datasets.h5").read_bytes() == SHARED_DATASET.read_bytes()
+    assert (home / "datasets" / "datasets.h5").read_bytes() == test_data.DATASET.read_bytes()
     assert "GENERATED" not in text
     first, second = re.findall(r"run (datasets-\S+): (\d+) epochs", text)
     assert (first[1], second[1]) == ("3", "1")

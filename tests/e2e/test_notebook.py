@@ -19,15 +19,14 @@ from nbclient import NotebookClient
 
 from itsacat import background, notebook
 from tests.e2e.conftest import Stack
+from tests.support import data as test_data
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "itsacat.ipynb"
 KERNEL = "itsacat-test"
 CELL_TIMEOUT_S = 120
-# A short run (a few seconds): the shared cat data beside the checkout when it is there
-# (else the notebook's default, a stand-in in the stack's empty home), 3 epochs, layer 1
-# fanned out in one invocation; 10 requests per measurement.
-SHARED_DATASET = ROOT.parent / "shared" / "data" / "datasets.h5"
+# A short run (a few seconds): the shared cat data (tests/support/data.py; the test fails when
+# it is missing), 3 epochs, layer 1 fanned out in one invocation; 10 requests per measurement.
 SHORT_RUN = {
     "ITSACAT_NOTEBOOK_EPOCHS": "3",
     "ITSACAT_NOTEBOOK_PLAN": "hybrid",
@@ -67,16 +66,15 @@ def test_the_notebook_runs_end_to_end_on_the_embedded_stack(
     for name, value in SHORT_RUN.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("ITSACAT_TARGET", raising=False)
-    if SHARED_DATASET.is_file():
-        monkeypatch.setenv("ITSACAT_NOTEBOOK_DATASET", str(SHARED_DATASET))
-    else:
-        monkeypatch.delenv("ITSACAT_NOTEBOOK_DATASET", raising=False)
+    test_data.require()
+    monkeypatch.setenv("ITSACAT_NOTEBOOK_DATASET", str(test_data.DATASET))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    km = venv_kernel(tmp_path)
     client = NotebookClient(
         nb,
-        km=venv_kernel(tmp_path),
+        km=km,
         timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
@@ -84,6 +82,9 @@ def test_the_notebook_runs_end_to_end_on_the_embedded_stack(
     try:
         client.execute()  # CellExecutionError (with the cell's source) on any error
     finally:
+        # nbclient shuts down only a kernel it started itself, not one it was given
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
         # servers left behind by a cell that failed after starting them
         background.stop_all(Path(stack.info.home), names=notebook.SERVERS)
         nbformat.write(nb, tmp_path / "executed.ipynb")  # to look at; not the committed file
@@ -97,3 +98,4 @@ def test_the_notebook_runs_end_to_end_on_the_embedded_stack(
     images = sum("image/png" in out.get("data", {}) for out in outputs)
     assert images >= 8  # data, cost so far, the report's 4, verdicts, latency
     assert not set(notebook.SERVERS) & set(background.running(Path(stack.info.home)))
+    assert not km.has_kernel

@@ -23,10 +23,10 @@ import pytest
 from itsacat import dataset_fetch, dataset_source
 from itsacat.cli import main
 from itsacat.errors import UserError
+from tests.support import data as test_data
 from trainer_lambdas import datasets
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 class Server:
@@ -72,10 +72,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def real() -> bytes:
-    path = SHARED / "datasets.h5"
-    if not path.is_file():
-        pytest.skip(f"shared data not found at {path}")
-    return path.read_bytes()
+    test_data.require()
+    return test_data.DATASET.read_bytes()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ id; nothing scans the runs table."""
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -50,11 +51,12 @@ def cli(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str
 
 def s3_event(world: World, key: str) -> dict:
     """The ObjectCreated event S3 sends for the newest version of `key`, as S3 stores it
-    (a versioned bucket puts the object's version id in the event)."""
+    (a versioned bucket puts the object's version id in the event), the key form-encoded as
+    S3 and the embedded stack send it: "my cats+dogs" arrives as "my+cats%2Bdogs"."""
     listing = world.s3.list_object_versions(Bucket=BUCKET, Prefix=key)
     latest = next(v for v in listing["Versions"] if v["Key"] == key and v["IsLatest"])
     obj = {
-        "key": key,
+        "key": quote_plus(key, safe="/"),
         "size": latest["Size"],
         "eTag": latest["ETag"].strip('"'),
         "versionId": latest["VersionId"],
@@ -72,18 +74,22 @@ def s3_event(world: World, key: str) -> dict:
 def test_the_cli_names_the_run_as_the_launch_function_does(
     world: World, cli: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "my cats.h5"
+    path = tmp_path / "my cats+dogs.h5"  # a space and a plus: the event's key is encoded
     datasets.save(datasets.synthesize(m_train=12, m_test=0, side=4, seed=3), path)
     launched: list[dict] = []
     wait = Runs.wait_for_launch
 
     def launch_then_wait(self: Runs, run_id: str, key: str, **kw: float) -> None:
         # the bucket's notification, delivered through the queue to the launch function
-        for obj in uploaded_objects(s3_event(world, key)):
+        event = s3_event(world, key)
+        assert "/my+cats%2Bdogs-" in event["Records"][0]["body"]
+        for obj in uploaded_objects(event):
             launched.append(Launcher(world.cfg, world.stores).launch(obj))
         wait(self, run_id, key, **kw)
 
     monkeypatch.setattr(Runs, "wait_for_launch", launch_then_wait)
+    # the launch is recorded before the wait starts: a wrong run id fails in 2 s, not 120
+    monkeypatch.setattr("itsacat.uploads.LAUNCH_TIMEOUT_S", 2.0)
     first, key = upload_dataset(cli, path, PARAMS)
     assert [out["run_id"] for out in launched] == [first]
     assert launched[0]["outcome"] == "started"

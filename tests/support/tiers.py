@@ -4,7 +4,8 @@ Two checks: `forbidden_imports` reads a test module's own imports (the module wa
 at collection, so a check at run time could not stop it), and `Guard` replaces the entry
 points of the network, of processes and of AWS clients for the length of one test with
 functions that record the attempt and raise. A violation fails the test even when the code
-under test catches the exception: the guard's teardown reports what was attempted.
+under test catches the exception: the guard's teardown reports what was attempted. A guard
+may also bound a test's wall-clock time (`limit_seconds`), checked in the same teardown.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ class Guard:
         self.tier, self.rule = tier, rule
         self.monkeypatch = monkeypatch
         self.attempts: list[str] = []
+        self.limit: tuple[float, float] | None = None  # (seconds, time.monotonic() at start)
 
     def refuse(self, what: str) -> TierViolation:
         self.attempts.append(what)
@@ -114,10 +117,21 @@ class Guard:
 
         self.forbid(botocore.session.Session, "create_client", "an AWS client (boto3/botocore)")
 
+    def limit_seconds(self, seconds: float) -> None:
+        """Fail the test, at `check`, if more than `seconds` of wall-clock time pass from now."""
+        self.limit = (seconds, time.monotonic())
+
     def check(self) -> None:
-        """Fail the test if it attempted anything forbidden (even if the code caught it)."""
-        if self.attempts:
+        """Fail the test if it attempted anything forbidden (even if the code caught it) or
+        took longer than its limit."""
+        found = list(self.attempts)
+        if self.limit is not None:
+            seconds, start = self.limit
+            took = time.monotonic() - start
+            if took > seconds:
+                found.append(f"{took:.1f} s of wall-clock time (at most {seconds:g} s)")
+        if found:
             pytest.fail(
-                f"the {self.tier} tier may not use: {'; '.join(self.attempts)} ({self.rule})",
+                f"the {self.tier} tier may not use: {'; '.join(found)} ({self.rule})",
                 pytrace=False,
             )

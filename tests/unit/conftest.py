@@ -12,7 +12,9 @@ Held to here, so a test that reaches for one of them fails at once:
   http.server, urllib.request or multiprocessing (read from the module's source);
 - during the test, a socket connect or bind, a name lookup, starting a process
   (subprocess, os.system, os.fork, os.posix_spawn) or creating a boto3/botocore client
-  raises, and fails the test even if the code under test catches it.
+  raises, and fails the test even if the code under test catches it;
+- a test (with its function-scoped fixtures) that takes more than LIMIT_SECONDS of wall-clock
+  time fails: a bound well above "about a second", so that a loaded machine does not trip it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.support.tiers import Guard, forbidden_imports
 
 TIER = "unit"
 RULE = "see tests/unit/conftest.py; such tests go in tests/functional"
+LIMIT_SECONDS = 5.0
 FORBIDDEN_IMPORTS = (
     "moto",
     "embedded",
@@ -56,5 +59,6 @@ def _unit_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
     guard.forbid_sockets()
     guard.forbid_processes()
     guard.forbid_aws_clients()
+    guard.limit_seconds(LIMIT_SECONDS)
     yield guard
     guard.check()

@@ -37,7 +37,7 @@ def test_reads_schema_and_preprocesses_in_c_order(tmp_path: Path) -> None:
     assert x[5, 2] == arrays["train_set_x"][2, 0, 1, 2] / 255.0
 
 
-def test_real_cat_data_when_present(shared_data: Path) -> None:
+def test_real_cat_data(shared_data: Path) -> None:
     ds = datasets.load(shared_data / "datasets.h5")
     assert ds.require_train().m == 209 and ds.test is not None and ds.test.m == 50
     assert ds.image_shape == (64, 64, 3) and ds.classes == ("non-cat", "cat")
