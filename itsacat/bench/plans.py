@@ -319,12 +319,11 @@ def bench(
 ) -> dict[str, Any]:
     """The object `itsacat bench --json` prints (`commit_every`: instead of the default)."""
     from itsacat.inputs import load_dataset, load_params
-    from trainer_lambdas.nn import params as params_mod
 
     base = load_params(params_file, epochs=epochs)
     if neurons1 is not None:  # the network itself, not an override of how it is trained
-        d = base.to_json()
-        base = params_mod.parse({**d, "neurons": {**d["neurons"], "layer1": neurons1}})
+        neurons = base.to_json()["neurons"]
+        base = with_overrides(base, neurons={**neurons, "layer1": neurons1})
     ds = load_dataset(str(dataset))
     x, y = ds.require_train().columns()
     log(f"reference: {epochs} epochs in-process, and in a process with one BLAS thread ...")

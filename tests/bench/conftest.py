@@ -25,19 +25,12 @@ from collections.abc import Iterator
 import matplotlib.font_manager  # noqa: F401
 import pytest
 
-from tests.support.tiers import Guard, forbidden_imports
+from tests.support.tiers import OFFLINE_FORBIDDEN_IMPORTS, Guard, refuse_imports
 
 TIER = "bench"
 RULE = "see tests/bench/conftest.py; the benchmarks run on a stack with `make bench`"
 FORBIDDEN_IMPORTS = (
-    "moto",
-    "boto3",
-    "subprocess",
-    "socket",
-    "socketserver",
-    "http.server",
-    "urllib.request",
-    "multiprocessing",
+    *OFFLINE_FORBIDDEN_IMPORTS,
     "embedded.stack",
     "embedded.runtime",
     "tests.support.stack",
@@ -47,9 +40,7 @@ FORBIDDEN_IMPORTS = (
 
 @pytest.fixture(scope="module", autouse=True)
 def _bench_imports(request: pytest.FixtureRequest) -> None:
-    found = forbidden_imports(request.path, FORBIDDEN_IMPORTS)
-    if found:
-        pytest.fail(f"the {TIER} tier may not import {', '.join(found)} ({RULE})", pytrace=False)
+    refuse_imports(request.path, FORBIDDEN_IMPORTS, TIER, RULE)
 
 
 @pytest.fixture(autouse=True)

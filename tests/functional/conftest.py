@@ -31,7 +31,7 @@ from state.objects import ObjectStore
 from state.runs import RunStore
 from state.weights import WeightStore
 from tests.support.template import create_tables
-from tests.support.tiers import Guard, forbidden_imports, is_loopback
+from tests.support.tiers import Guard, is_loopback, refuse_imports
 from trainer_lambdas import neuron
 from trainer_lambdas.config import Config
 from trainer_lambdas.coordinator import Stores
@@ -45,9 +45,7 @@ RULE = "see tests/functional/conftest.py; the real stack's tiers may"
 
 @pytest.fixture(scope="module", autouse=True)
 def _functional_imports(request: pytest.FixtureRequest) -> None:
-    found = forbidden_imports(request.path, ["embedded"])
-    if found:
-        pytest.fail(f"the {TIER} tier may not import {', '.join(found)} ({RULE})", pytrace=False)
+    refuse_imports(request.path, ["embedded"], TIER, RULE)
 
 
 @pytest.fixture(autouse=True)

@@ -40,6 +40,27 @@ def forbidden_imports(module_file: str | Path, forbidden: Iterable[str]) -> list
     return found
 
 
+# What a tier without servers may not import: a network, a process or an AWS client.
+OFFLINE_FORBIDDEN_IMPORTS = (
+    "moto",
+    "boto3",
+    "subprocess",
+    "socket",
+    "socketserver",
+    "http.server",
+    "urllib.request",
+    "multiprocessing",
+)
+
+
+def refuse_imports(module_file: str | Path, forbidden: Iterable[str], tier: str, rule: str) -> None:
+    """Fail the module's tests (not as an error of the code under test) if it imports any
+    of `forbidden`."""
+    found = forbidden_imports(module_file, forbidden)
+    if found:
+        pytest.fail(f"the {tier} tier may not import {', '.join(found)} ({rule})", pytrace=False)
+
+
 class TierViolation(AssertionError):
     """A test used what its tier may not use."""
 

@@ -28,29 +28,17 @@ import h5py  # noqa: F401
 import pytest
 import urllib3  # noqa: F401
 
-from tests.support.tiers import Guard, forbidden_imports
+from tests.support.tiers import OFFLINE_FORBIDDEN_IMPORTS, Guard, refuse_imports
 
 TIER = "unit"
 RULE = "see tests/unit/conftest.py; such tests go in tests/functional"
 LIMIT_SECONDS = 5.0
-FORBIDDEN_IMPORTS = (
-    "moto",
-    "embedded",
-    "boto3",
-    "subprocess",
-    "socket",
-    "socketserver",
-    "http.server",
-    "urllib.request",
-    "multiprocessing",
-)
+FORBIDDEN_IMPORTS = (*OFFLINE_FORBIDDEN_IMPORTS, "embedded")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _unit_imports(request: pytest.FixtureRequest) -> None:
-    found = forbidden_imports(request.path, FORBIDDEN_IMPORTS)
-    if found:
-        pytest.fail(f"the {TIER} tier may not import {', '.join(found)} ({RULE})", pytrace=False)
+    refuse_imports(request.path, FORBIDDEN_IMPORTS, TIER, RULE)
 
 
 @pytest.fixture(autouse=True)
