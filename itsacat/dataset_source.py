@@ -43,9 +43,7 @@ def choose(given: str | None, home: Path, url: str | None, say: Callable[[str], 
     `url`: where to download from (None: $ITSACAT_DATASET_URL, else the published file).
     """
     if given:
-        path = Path(given)
-        if not path.is_file():
-            raise UserError(f"DATASET={given}: no such file")
+        path = given_file(given)
         say(f"dataset: {path} (the file you gave)")
         return Source(path, "the file you gave")
     found = dataset_fetch.cached(home)
@@ -70,14 +68,19 @@ def choose(given: str | None, home: Path, url: str | None, say: Callable[[str], 
     return Source(path, f"{STAND_IN} ({reason})")
 
 
+def given_file(given: str) -> Path:
+    """The dataset file a user named; a one-line `UserError` when there is none."""
+    path = Path(given)
+    if not path.is_file():
+        raise UserError(f"dataset {given}: no such file")
+    return path
+
+
 def required(given: str | None, home: Path | None = None) -> Path:
     """The file given, else the cat data cached under `home` ($ITSACAT_HOME by default);
     a one-line `UserError` saying what to do when there is neither."""
     if given:
-        path = Path(given)
-        if not path.is_file():
-            raise UserError(f"dataset {given}: no such file")
-        return path
+        return given_file(given)
     home = home or default_home()
     found = dataset_fetch.cached(home)
     if found is None:

@@ -9,20 +9,9 @@ import sys
 from pathlib import Path
 
 from itsacat.bench.processes import alive, descendants
+from tests.support.stack import itsacat
 
 AWS_CLI = Path(sys.executable).parent / "aws"
-
-
-def itsacat(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["ITSACAT_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "itsacat.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_up_up_status_env_down_down(tmp_path: Path) -> None:

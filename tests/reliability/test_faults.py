@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from embedded.stack import StackInfo, info, stop
-from tests.reliability.conftest import itsacat
 from tests.reliability.support import DATA_BYTES, PARAMS, Client, assert_equals_reference
+from tests.support.stack import itsacat
 
 # Minutes on a stack of its own: `make long` (CI runs it after `make test`).
 pytestmark = pytest.mark.long

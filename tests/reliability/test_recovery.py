@@ -16,7 +16,6 @@ from pathlib import Path
 
 from embedded.stack import StackInfo
 from embedded.stack import info as recorded
-from tests.reliability.conftest import itsacat
 from tests.reliability.support import (
     DATA,
     PARAMS,
@@ -27,7 +26,7 @@ from tests.reliability.support import (
     kill9,
     workers_of,
 )
-from tests.support.stack import wait_for
+from tests.support.stack import itsacat, wait_for
 from trainer_lambdas import datasets
 
 # long enough to be stopped in the middle, committing every step (the default is every 50)

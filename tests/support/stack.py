@@ -4,12 +4,16 @@ A stack takes a few seconds to start, so test sessions share one (`embedded_stac
 tests isolate themselves by run id or object key, as concurrent runs do, not by
 restarting the stack. The runtime's counters are `StackInfo.stats()`; the stack's processes
 as /proc shows them (`alive`, `descendants`, `workers_of`, `kill9`) are
-`itsacat.bench.processes`, which the chaos benchmark uses too.
+`itsacat.bench.processes`, which the chaos benchmark uses too. `itsacat` runs the command
+as a user would, against the stack recorded in a home.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -51,3 +55,20 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def itsacat(home: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the `itsacat` command as a user would, against the stack recorded in `home`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") and k not in ("ITSACAT_BUCKET", "RUNS_TABLE")
+    }
+    env["ITSACAT_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "itsacat.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
